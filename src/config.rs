@@ -1,0 +1,383 @@
+//! Settings, from flags, `WSHUB_*` environment variables and defaults.
+//!
+//! Parsing is hand-rolled: a dozen `--name value` flags do not justify a
+//! command-line crate in a binary meant for small boxes. A bad value ends
+//! startup with one line naming the flag and what it expects.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+/// Everything the server can be told. `Default` matches the binary's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub max_message_size: usize,
+    pub max_connections: usize,
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    pub write_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub no_echo: bool,
+    pub publish_token: Option<String>,
+    pub log_level: LevelFilter,
+    /// Bound of the queue between [`crate::Publisher`]s and the loop.
+    pub publisher_queue: usize,
+    /// Shut down gracefully on SIGINT and SIGTERM. The binary turns this on;
+    /// a library user decides for their own process.
+    pub handle_signals: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_message_size: 65536,
+            max_connections: 10_000,
+            queue_messages: 256,
+            queue_bytes: 4 * 1024 * 1024,
+            write_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(54),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(5),
+            no_echo: false,
+            publish_token: None,
+            log_level: LevelFilter::Info,
+            publisher_queue: 1024,
+            handle_signals: false,
+        }
+    }
+}
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Box<Config>),
+    Help,
+    Version,
+}
+
+struct Flag {
+    name: &'static str,
+    value: &'static str,
+    help: &'static str,
+}
+
+const FLAGS: &[Flag] = &[
+    Flag {
+        name: "listen",
+        value: "ADDR",
+        help: "TCP address to listen on [127.0.0.1:8080]",
+    },
+    Flag {
+        name: "max-message-size",
+        value: "BYTES",
+        help: "largest message a client may send [65536]",
+    },
+    Flag {
+        name: "max-connections",
+        value: "N",
+        help: "WebSocket clients at most; more get HTTP 503 [10000]",
+    },
+    Flag {
+        name: "queue-messages",
+        value: "N",
+        help: "per-client send queue bound, in messages [256]",
+    },
+    Flag {
+        name: "queue-bytes",
+        value: "BYTES",
+        help: "per-client send queue bound, in bytes [4194304]",
+    },
+    Flag {
+        name: "write-timeout",
+        value: "SECS",
+        help: "drop a client whose queue makes no progress this long [10]",
+    },
+    Flag {
+        name: "handshake-timeout",
+        value: "SECS",
+        help: "close a connection not upgraded by then [10]",
+    },
+    Flag {
+        name: "ping-interval",
+        value: "SECS",
+        help: "ping a client silent this long [54]",
+    },
+    Flag {
+        name: "idle-timeout",
+        value: "SECS",
+        help: "drop a client silent this long [60]",
+    },
+    Flag {
+        name: "shutdown-timeout",
+        value: "SECS",
+        help: "on SIGINT/SIGTERM, exit after at most this long [5]",
+    },
+    Flag {
+        name: "no-echo",
+        value: "",
+        help: "do not send a client its own messages",
+    },
+    Flag {
+        name: "publish-token",
+        value: "TOKEN",
+        help: "bearer token for POST /publish (default: loopback only)",
+    },
+    Flag {
+        name: "log-level",
+        value: "LEVEL",
+        help: "error, warn, info, debug or trace [info] (also RUST_LOG)",
+    },
+];
+
+pub fn usage() -> String {
+    let mut out = String::from(
+        "wshub: a single-threaded WebSocket publish/subscribe hub\n\n\
+         Usage: wshub [OPTIONS]\n\nOptions (each also read from WSHUB_<NAME>, e.g. WSHUB_LISTEN):\n",
+    );
+    for flag in FLAGS {
+        let left = format!("--{} {}", flag.name, flag.value);
+        out.push_str(&format!("  {left:<28} {}\n", flag.help));
+    }
+    out.push_str("  -h, --help                   print this help\n  -V, --version                print the version\n");
+    out
+}
+
+impl Config {
+    /// Reads flags (`args` without the program name), then the environment
+    /// through `env` for flags not given, then defaults.
+    pub fn from_args<I, E>(args: I, env: E) -> Result<Command, String>
+    where
+        I: IntoIterator<Item = String>,
+        E: Fn(&str) -> Option<String>,
+    {
+        let mut given: Vec<(&'static str, Option<String>)> = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "-h" | "--help" => return Ok(Command::Help),
+                "-V" | "--version" => return Ok(Command::Version),
+                _ => {}
+            }
+            let Some(body) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument '{arg}' (see --help)"));
+            };
+            let (name, inline) = match body.split_once('=') {
+                Some((name, value)) => (name, Some(value.to_string())),
+                None => (body, None),
+            };
+            let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
+                return Err(format!("unknown flag '--{name}' (see --help)"));
+            };
+            let value = if flag.value.is_empty() {
+                if inline.is_some() {
+                    return Err(format!("--{name} takes no value"));
+                }
+                None
+            } else {
+                match inline.or_else(|| args.next()) {
+                    Some(v) => Some(v),
+                    None => return Err(format!("--{name} needs a value {}", flag.value)),
+                }
+            };
+            given.push((flag.name, value));
+        }
+
+        let mut config = Config {
+            handle_signals: true,
+            ..Config::default()
+        };
+        for flag in FLAGS {
+            let from_flag = given.iter().rev().find(|(n, _)| *n == flag.name);
+            let env_name = format!("WSHUB_{}", flag.name.replace('-', "_").to_uppercase());
+            let (value, source) = match from_flag {
+                Some((_, value)) => (
+                    value.clone().or_else(|| Some(String::new())),
+                    format!("--{}", flag.name),
+                ),
+                None => match env(&env_name) {
+                    Some(v) => (Some(v), env_name.clone()),
+                    None => continue,
+                },
+            };
+            let value = value.unwrap_or_default();
+            config
+                .set(flag.name, &value)
+                .map_err(|why| format!("invalid {source} '{value}': {why}"))?;
+        }
+        let level_given =
+            given.iter().any(|(n, _)| *n == "log-level") || env("WSHUB_LOG_LEVEL").is_some();
+        if let Some(level) = env("RUST_LOG").and_then(|v| v.parse::<LevelFilter>().ok())
+            && !level_given
+        {
+            config.log_level = level;
+        }
+        config.validate()?;
+        Ok(Command::Run(Box::new(config)))
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        match name {
+            "listen" => {
+                self.listen = value
+                    .parse()
+                    .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")?
+            }
+            "max-message-size" => self.max_message_size = positive(value)?,
+            "max-connections" => self.max_connections = positive(value)?,
+            "queue-messages" => self.queue_messages = positive(value)?,
+            "queue-bytes" => self.queue_bytes = positive(value)?,
+            "write-timeout" => self.write_timeout = seconds(value)?,
+            "handshake-timeout" => self.handshake_timeout = seconds(value)?,
+            "ping-interval" => self.ping_interval = seconds(value)?,
+            "idle-timeout" => self.idle_timeout = seconds(value)?,
+            "shutdown-timeout" => self.shutdown_timeout = seconds(value)?,
+            "no-echo" => {
+                self.no_echo = match value {
+                    "" | "1" | "true" | "yes" | "on" => true,
+                    "0" | "false" | "no" | "off" => false,
+                    _ => return Err("expected true or false".into()),
+                }
+            }
+            "publish-token" if value.is_empty() => return Err("must not be empty".into()),
+            "publish-token" => self.publish_token = Some(value.to_string()),
+            "log-level" => {
+                self.log_level = value
+                    .parse()
+                    .map_err(|_| "expected error, warn, info, debug or trace")?
+            }
+            _ => return Err("unknown setting".into()),
+        }
+        Ok(())
+    }
+
+    /// Checks that the settings make sense together.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ping_interval >= self.idle_timeout {
+            return Err(format!(
+                "--ping-interval ({:?}) must be shorter than --idle-timeout ({:?}), or silent clients are dropped before they are pinged",
+                self.ping_interval, self.idle_timeout
+            ));
+        }
+        if self.max_message_size > (1 << 30) {
+            return Err("--max-message-size is capped at 1 GiB".into());
+        }
+        Ok(())
+    }
+}
+
+fn positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a whole number".into()),
+    }
+}
+
+fn seconds(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| "expected seconds, e.g. 10 or 0.5")?;
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err("must be more than 0".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, String> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_args(args.iter().map(|s| s.to_string()), |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn config(args: &[&str], env: &[(&str, &str)]) -> Config {
+        match parse(args, env) {
+            Ok(Command::Run(c)) => *c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = config(&[], &[]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            (
+                c.max_message_size,
+                c.max_connections,
+                c.queue_messages,
+                c.queue_bytes
+            ),
+            (65536, 10000, 256, 4194304)
+        );
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert!(c.handle_signals);
+    }
+
+    #[test]
+    fn flags_env_and_precedence() {
+        let c = config(
+            &[
+                "--listen",
+                "[::1]:0",
+                "--no-echo",
+                "--write-timeout=0.5",
+                "--max-message-size",
+                "10",
+            ],
+            &[
+                ("WSHUB_MAX_MESSAGE_SIZE", "99"),
+                ("WSHUB_QUEUE_MESSAGES", "7"),
+                ("RUST_LOG", "debug"),
+            ],
+        );
+        assert_eq!(c.listen.to_string(), "[::1]:0");
+        assert!(c.no_echo);
+        assert_eq!(c.write_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_message_size, 10, "flag wins over environment");
+        assert_eq!(c.queue_messages, 7);
+        assert_eq!(c.log_level, LevelFilter::Debug);
+        assert!(config(&[], &[("WSHUB_NO_ECHO", "true")]).no_echo);
+        assert_eq!(
+            config(&["--log-level", "warn"], &[("RUST_LOG", "debug")]).log_level,
+            LevelFilter::Warn
+        );
+    }
+
+    #[test]
+    fn bad_values_say_which_flag() {
+        for (args, needle) in [
+            (&["--listen", "nowhere"][..], "--listen"),
+            (&["--queue-messages", "0"], "--queue-messages"),
+            (&["--idle-timeout", "-1"], "--idle-timeout"),
+            (&["--bogus"], "--bogus"),
+            (&["--listen"], "needs a value"),
+            (&["--ping-interval", "70"], "--ping-interval"),
+        ] {
+            let err = parse(args, &[]).unwrap_err();
+            assert!(err.contains(needle), "{err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        assert!(
+            parse(&[], &[("WSHUB_MAX_CONNECTIONS", "many")])
+                .unwrap_err()
+                .contains("WSHUB_MAX_CONNECTIONS")
+        );
+        assert_eq!(parse(&["--help"], &[]), Ok(Command::Help));
+        assert_eq!(parse(&["-V"], &[]), Ok(Command::Version));
+    }
+}

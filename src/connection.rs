@@ -1,0 +1,678 @@
+//! One connection's protocol state machine, without I/O.
+//!
+//! A connection starts as an HTTP request and becomes a WebSocket client, a
+//! publish request, a health check, or a rejection. The driver hands it the
+//! bytes it read and the time; it answers with an [`Action`] for the hub and
+//! puts what must be sent into its own [`SendQueue`]. It never touches the
+//! socket, so tests drive it with byte slices.
+//!
+//! Ending is one path for every reason: queue the last bytes (a close frame or
+//! an HTTP response), enter `Closing`, let the driver flush them and shut down
+//! writing, then wait a short while for the peer's EOF (RFC 6455 §7.1.1: the
+//! server closes the TCP connection first, and lingering keeps our last bytes
+//! from being destroyed by a reset).
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::config::Config;
+use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, SharedFrame};
+use crate::http::{self, PublishHead, Rejection, Request};
+use crate::send_queue::{Overflow, QueueLimits, SendQueue};
+use crate::topic::Topic;
+
+/// Milliseconds since the server started: the loop's coarse clock.
+pub type Millis = u64;
+
+/// How long a closing connection waits for the peer to close its side.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// What the driver must do after feeding bytes or ticking.
+#[derive(Debug)]
+pub enum Action {
+    Nothing,
+    /// Upgrade accepted: subscribe this client to these topics.
+    Subscribe(Vec<Topic>),
+    /// A message from this client to everyone on its topics.
+    Broadcast(SharedFrame),
+    /// An HTTP publish: deliver, then report with [`Connection::published`].
+    Publish(Topic, SharedFrame),
+    /// The connection is ending for this reason (for the log); its last bytes
+    /// are queued.
+    Closing(Reason),
+    /// Nothing more to send or wait for: drop the connection now.
+    Drop(Reason),
+}
+
+/// Why a connection ends, for the log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Rejected(Rejection),
+    Protocol(ProtocolError),
+    SlowConsumer(&'static str),
+    ClientClosed(Option<u16>),
+    HttpDone,
+    HandshakeTimeout,
+    IdleTimeout,
+    LingerTimeout,
+    ShuttingDown,
+}
+
+/// What the connection needs to know about its surroundings.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub now: Millis,
+    /// The server already holds `--max-connections` WebSocket clients.
+    pub at_capacity: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Reading the request head; `scanned` bytes were searched for its end.
+    Request {
+        buf: Vec<u8>,
+        scanned: usize,
+        since: Millis,
+    },
+    /// Reading the body of a publish request.
+    PublishBody {
+        topic: Topic,
+        octet_stream: bool,
+        body: Vec<u8>,
+        expected: usize,
+        since: Millis,
+    },
+    /// An HTTP publish is being delivered by the driver.
+    Publishing,
+    /// An open WebSocket client.
+    Open {
+        decoder: FrameDecoder,
+        last_heard: Millis,
+        ping_sent: bool,
+    },
+    /// Last bytes queued; waiting for them to be written and for the peer's EOF.
+    Closing { deadline: Millis },
+}
+
+#[derive(Debug)]
+pub struct Connection {
+    phase: Phase,
+    pub queue: SendQueue,
+    /// When the queue last moved (or became non-empty), for `--write-timeout`.
+    last_progress: Millis,
+    peer_is_loopback: bool,
+    /// The driver has shut down our writing half.
+    pub write_shut: bool,
+}
+
+fn millis(d: Duration) -> Millis {
+    d.as_millis().try_into().unwrap_or(Millis::MAX)
+}
+
+impl Connection {
+    pub fn new(now: Millis, peer_is_loopback: bool) -> Connection {
+        Connection {
+            phase: Phase::Request {
+                buf: Vec::new(),
+                scanned: 0,
+                since: now,
+            },
+            queue: SendQueue::default(),
+            last_progress: now,
+            peer_is_loopback,
+            write_shut: false,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open { .. })
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    /// Processes received bytes until an action is due or the input is used
+    /// up. The caller loops while `consumed < input.len()`.
+    pub fn receive(&mut self, input: &mut [u8], ctx: &Context) -> (usize, Action) {
+        match &mut self.phase {
+            Phase::Request { .. } => self.receive_request(input, ctx),
+            Phase::PublishBody { body, expected, .. } => {
+                let take = (*expected - body.len()).min(input.len());
+                body.extend_from_slice(&input[..take]);
+                (take, self.finish_body_if_complete())
+            }
+            // Bytes after the request of an HTTP exchange are not ours to read.
+            Phase::Publishing | Phase::Closing { .. } => (input.len(), Action::Nothing),
+            Phase::Open {
+                decoder,
+                last_heard,
+                ping_sent,
+            } => {
+                *last_heard = ctx.now;
+                *ping_sent = false;
+                match decoder.decode(input, ctx.config.max_message_size) {
+                    Err(e) => (
+                        input.len(),
+                        self.close(e.code, e.reason, Reason::Protocol(e), ctx),
+                    ),
+                    Ok(decoded) => {
+                        let consumed = decoded.consumed;
+                        let action = match decoded.event {
+                            None | Some(Event::Pong) => Action::Nothing,
+                            Some(Event::Message(kind, payload)) => {
+                                Action::Broadcast(frame::encode_message(kind, payload))
+                            }
+                            Some(Event::Ping(payload)) => {
+                                let pong = frame::encode_pong(payload);
+                                self.enqueue(pong, ctx)
+                            }
+                            Some(Event::Close { code, .. }) => {
+                                // RFC 6455 §5.5.1: echo the code; an empty close gets 1000.
+                                let reply = code.map_or(CloseCode::Normal, CloseCode::from);
+                                self.close(reply, "", Reason::ClientClosed(code), ctx)
+                            }
+                        };
+                        (consumed, action)
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive_request(&mut self, input: &[u8], ctx: &Context) -> (usize, Action) {
+        let Phase::Request { buf, scanned, .. } = &mut self.phase else {
+            return (0, Action::Nothing);
+        };
+        let before = buf.len();
+        let room = http::MAX_HEAD_BYTES.saturating_sub(before);
+        buf.extend_from_slice(&input[..input.len().min(room)]);
+        if !http::head_complete(buf, *scanned) && buf.len() < http::MAX_HEAD_BYTES {
+            *scanned = buf.len();
+            return (input.len(), Action::Nothing);
+        }
+        *scanned = buf.len();
+        let parsed = http::parse_request(buf);
+        let (request, head_len) = match parsed {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return (input.len(), Action::Nothing),
+            Err(rejection) => return (input.len(), self.reject(rejection, ctx)),
+        };
+        // Bytes of `input` past the head belong to the next phase.
+        let consumed = head_len - before;
+        let action = match request {
+            Request::Health => self.respond(200, "text/plain", "ok\n", Reason::HttpDone, ctx),
+            Request::Upgrade { accept_key, topics } => {
+                if ctx.at_capacity {
+                    self.reject(
+                        Rejection {
+                            status: 503,
+                            reason: "at --max-connections",
+                        },
+                        ctx,
+                    )
+                } else {
+                    self.queue
+                        .push_unbounded(Rc::from(http::upgrade_response(&accept_key)));
+                    self.phase = Phase::Open {
+                        decoder: FrameDecoder::default(),
+                        last_heard: ctx.now,
+                        ping_sent: false,
+                    };
+                    Action::Subscribe(topics)
+                }
+            }
+            Request::Publish(head) => self.start_publish(head, ctx),
+        };
+        (consumed, action)
+    }
+
+    fn start_publish(&mut self, head: PublishHead, ctx: &Context) -> Action {
+        let config = ctx.config;
+        let allowed = match &config.publish_token {
+            Some(token) => head
+                .bearer
+                .as_deref()
+                .is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())),
+            None => self.peer_is_loopback,
+        };
+        if !allowed {
+            let rejection = match config.publish_token {
+                Some(_) => Rejection {
+                    status: 401,
+                    reason: "publish needs the right bearer token",
+                },
+                None => Rejection {
+                    status: 403,
+                    reason: "without --publish-token only loopback peers may publish",
+                },
+            };
+            return self.reject(rejection, ctx);
+        }
+        let Ok(topic) = head.topic else {
+            return self.reject(
+                Rejection {
+                    status: 400,
+                    reason: "bad topic",
+                },
+                ctx,
+            );
+        };
+        if head.content_length > config.max_message_size {
+            return self.reject(
+                Rejection {
+                    status: 413,
+                    reason: "body over --max-message-size",
+                },
+                ctx,
+            );
+        }
+        if head.expect_continue {
+            self.queue.push_unbounded(Rc::from(http::CONTINUE_RESPONSE));
+        }
+        self.phase = Phase::PublishBody {
+            topic,
+            octet_stream: head.octet_stream,
+            body: Vec::with_capacity(head.content_length),
+            expected: head.content_length,
+            since: ctx.now,
+        };
+        self.finish_body_if_complete()
+    }
+
+    fn finish_body_if_complete(&mut self) -> Action {
+        match &self.phase {
+            Phase::PublishBody { body, expected, .. } if body.len() == *expected => {}
+            _ => return Action::Nothing,
+        }
+        let Phase::PublishBody {
+            topic,
+            octet_stream,
+            body,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Publishing)
+        else {
+            return Action::Nothing;
+        };
+        let kind = if !octet_stream && std::str::from_utf8(&body).is_ok() {
+            MessageKind::Text
+        } else {
+            MessageKind::Binary
+        };
+        Action::Publish(topic, frame::encode_message(kind, &body))
+    }
+
+    /// The driver delivered this connection's publish to `receivers` clients.
+    pub fn published(&mut self, receivers: usize, now: Millis) {
+        let body = format!("{{\"receivers\": {receivers}}}\n");
+        self.queue
+            .push_unbounded(Rc::from(http::response(200, "application/json", &body)));
+        self.phase = Phase::Closing {
+            deadline: now + millis(CLOSE_LINGER),
+        };
+    }
+
+    fn respond(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        body: &str,
+        reason: Reason,
+        ctx: &Context,
+    ) -> Action {
+        self.queue
+            .push_unbounded(Rc::from(http::response(status, content_type, body)));
+        self.phase = Phase::Closing {
+            deadline: ctx.now + millis(CLOSE_LINGER),
+        };
+        Action::Closing(reason)
+    }
+
+    fn reject(&mut self, rejection: Rejection, ctx: &Context) -> Action {
+        self.queue
+            .push_unbounded(Rc::from(http::rejection_response(rejection)));
+        self.phase = Phase::Closing {
+            deadline: ctx.now + millis(CLOSE_LINGER),
+        };
+        Action::Closing(Reason::Rejected(rejection))
+    }
+
+    /// Queues a frame for this client within its bounds; a client whose queue
+    /// is full is closed as a slow consumer instead.
+    pub fn enqueue(&mut self, frame: SharedFrame, ctx: &Context) -> Action {
+        let limits = QueueLimits {
+            messages: ctx.config.queue_messages,
+            bytes: ctx.config.queue_bytes,
+        };
+        let was_empty = self.queue.is_empty();
+        match self.queue.push(frame, limits) {
+            Ok(()) => {
+                if was_empty {
+                    self.last_progress = ctx.now;
+                }
+                Action::Nothing
+            }
+            Err(overflow) => self.drop_slow(overflow, ctx),
+        }
+    }
+
+    fn drop_slow(&mut self, overflow: Overflow, ctx: &Context) -> Action {
+        // What is queued will not be read in time anyway; the close frame
+        // goes right after whatever frame is half written.
+        self.queue.discard_unstarted();
+        self.close(
+            CloseCode::Again,
+            "slow consumer",
+            Reason::SlowConsumer(overflow.describe()),
+            ctx,
+        )
+    }
+
+    /// Starts the closing handshake with `code` after what is already queued.
+    pub fn close(&mut self, code: CloseCode, why: &str, reason: Reason, ctx: &Context) -> Action {
+        if self.is_closing() {
+            return Action::Nothing;
+        }
+        if self.is_open() {
+            self.queue.push_unbounded(frame::encode_close(code, why));
+            self.phase = Phase::Closing {
+                deadline: ctx.now + millis(CLOSE_LINGER),
+            };
+            Action::Closing(reason)
+        } else {
+            Action::Drop(reason)
+        }
+    }
+
+    /// The queue wrote `bytes`: it is making progress.
+    pub fn wrote(&mut self, bytes: usize, now: Millis) {
+        if bytes > 0 {
+            self.last_progress = now;
+        }
+    }
+
+    /// Applies the deadlines. Called for every connection once per tick.
+    pub fn tick(&mut self, ctx: &Context) -> Action {
+        let config = ctx.config;
+        let now = ctx.now;
+        if !self.queue.is_empty()
+            && !self.is_closing()
+            && now >= self.last_progress + millis(config.write_timeout)
+        {
+            return self.drop_slow_stalled(ctx);
+        }
+        match &mut self.phase {
+            Phase::Request { since, .. } | Phase::PublishBody { since, .. } => {
+                if now >= *since + millis(config.handshake_timeout) {
+                    return Action::Drop(Reason::HandshakeTimeout);
+                }
+            }
+            Phase::Publishing => {}
+            Phase::Open {
+                last_heard,
+                ping_sent,
+                ..
+            } => {
+                let silent = now.saturating_sub(*last_heard);
+                if silent >= millis(config.idle_timeout) {
+                    return Action::Drop(Reason::IdleTimeout);
+                }
+                if silent >= millis(config.ping_interval) && !*ping_sent {
+                    *ping_sent = true;
+                    return self.enqueue(frame::encode_ping(b""), ctx);
+                }
+            }
+            Phase::Closing { deadline } => {
+                if now >= *deadline {
+                    return Action::Drop(Reason::LingerTimeout);
+                }
+            }
+        }
+        Action::Nothing
+    }
+
+    fn drop_slow_stalled(&mut self, ctx: &Context) -> Action {
+        if self.is_open() {
+            self.queue.discard_unstarted();
+            self.close(
+                CloseCode::Again,
+                "slow consumer",
+                Reason::SlowConsumer("send queue stalled"),
+                ctx,
+            )
+        } else {
+            Action::Drop(Reason::SlowConsumer("response stalled"))
+        }
+    }
+
+    /// Starts a graceful shutdown of this connection: open clients get their
+    /// queue flushed and then close 1001; anything else is dropped.
+    pub fn shut_down(&mut self, ctx: &Context) -> Action {
+        match self.phase {
+            Phase::Open { .. } => self.close(
+                CloseCode::Away,
+                "server shutting down",
+                Reason::ShuttingDown,
+                ctx,
+            ),
+            Phase::Closing { .. } => Action::Nothing,
+            _ => Action::Drop(Reason::ShuttingDown),
+        }
+    }
+}
+
+/// Compares secrets without an early exit that would leak their prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(config: &Config, now: Millis) -> Context<'_> {
+        Context {
+            config,
+            now,
+            at_capacity: false,
+        }
+    }
+
+    /// Drains the queue into a byte vector, as a socket would.
+    fn sent(conn: &mut Connection) -> Vec<u8> {
+        let mut out = Vec::new();
+        conn.queue.write_to(&mut out).unwrap();
+        out
+    }
+
+    fn feed(conn: &mut Connection, bytes: &[u8], ctx: &Context) -> Vec<Action> {
+        let mut buf = bytes.to_vec();
+        let mut pos = 0;
+        let mut actions = Vec::new();
+        while pos < buf.len() {
+            let (used, action) = conn.receive(&mut buf[pos..], ctx);
+            pos += used;
+            actions.push(action);
+        }
+        actions
+    }
+
+    const UPGRADE: &[u8] = b"GET /ws?topic=x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut out = vec![first, 0x80 | payload.len() as u8];
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    #[test]
+    fn upgrade_with_a_frame_in_the_same_read() {
+        let config = Config::default();
+        let mut conn = Connection::new(0, true);
+        let mut bytes = UPGRADE.to_vec();
+        bytes.extend(masked(0x81, b"hi"));
+        let actions = feed(&mut conn, &bytes, &ctx(&config, 0));
+        assert!(matches!(&actions[0], Action::Subscribe(t) if t[0].as_str() == "x"));
+        assert!(matches!(&actions[1], Action::Broadcast(f) if &f[..] == b"\x81\x02hi"));
+        assert!(
+            String::from_utf8(sent(&mut conn))
+                .unwrap()
+                .starts_with("HTTP/1.1 101 ")
+        );
+    }
+
+    #[test]
+    fn handshake_byte_by_byte() {
+        let config = Config::default();
+        let mut conn = Connection::new(0, true);
+        let mut actions = Vec::new();
+        for b in UPGRADE {
+            actions.extend(feed(&mut conn, &[*b], &ctx(&config, 0)));
+        }
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Subscribe(_)))
+                .count(),
+            1
+        );
+        assert!(conn.is_open());
+    }
+
+    #[test]
+    fn at_capacity_gets_503() {
+        let config = Config::default();
+        let mut conn = Connection::new(0, true);
+        let c = Context {
+            at_capacity: true,
+            ..ctx(&config, 0)
+        };
+        let actions = feed(&mut conn, UPGRADE, &c);
+        assert!(matches!(
+            actions[0],
+            Action::Closing(Reason::Rejected(Rejection { status: 503, .. }))
+        ));
+        assert!(
+            String::from_utf8(sent(&mut conn))
+                .unwrap()
+                .starts_with("HTTP/1.1 503 ")
+        );
+    }
+
+    #[test]
+    fn ping_pong_close() {
+        let config = Config::default();
+        let mut conn = Connection::new(0, true);
+        feed(&mut conn, UPGRADE, &ctx(&config, 0));
+        sent(&mut conn);
+        feed(&mut conn, &masked(0x89, b"yo"), &ctx(&config, 0));
+        assert_eq!(sent(&mut conn), b"\x8a\x02yo");
+        let actions = feed(&mut conn, &masked(0x88, &[0x03, 0xe9]), &ctx(&config, 0));
+        assert!(matches!(
+            actions[0],
+            Action::Closing(Reason::ClientClosed(Some(1001)))
+        ));
+        assert_eq!(sent(&mut conn), b"\x88\x02\x03\xe9");
+        assert!(conn.is_closing());
+    }
+
+    #[test]
+    fn publish_body_split_and_token() {
+        let config = Config {
+            publish_token: Some("t0k".into()),
+            ..Config::default()
+        };
+        let req = b"POST /publish/news HTTP/1.1\r\nAuthorization: Bearer t0k\r\nContent-Length: 5\r\n\r\nhello";
+        let mut conn = Connection::new(0, false);
+        let actions = feed(&mut conn, &req[..req.len() - 2], &ctx(&config, 0));
+        assert!(actions.iter().all(|a| matches!(a, Action::Nothing)));
+        let actions = feed(&mut conn, &req[req.len() - 2..], &ctx(&config, 0));
+        assert!(
+            matches!(&actions[0], Action::Publish(t, f) if t.as_str() == "news" && &f[..] == b"\x81\x05hello")
+        );
+        conn.published(3, 0);
+        assert!(
+            String::from_utf8(sent(&mut conn))
+                .unwrap()
+                .ends_with("{\"receivers\": 3}\n")
+        );
+
+        let wrong = b"POST /publish/news HTTP/1.1\r\nAuthorization: Bearer nope\r\nContent-Length: 5\r\n\r\nhello";
+        let mut conn = Connection::new(0, true);
+        let actions = feed(&mut conn, wrong, &ctx(&config, 0));
+        assert!(matches!(
+            actions[0],
+            Action::Closing(Reason::Rejected(Rejection { status: 401, .. }))
+        ));
+
+        let open = Config::default();
+        let mut remote = Connection::new(0, false);
+        let actions = feed(&mut remote, &req[..], &ctx(&open, 0));
+        assert!(matches!(
+            actions[0],
+            Action::Closing(Reason::Rejected(Rejection { status: 403, .. }))
+        ));
+        let big = b"POST /publish/news HTTP/1.1\r\nContent-Length: 70000\r\n\r\n";
+        let mut local = Connection::new(0, true);
+        let actions = feed(&mut local, big, &ctx(&open, 0));
+        assert!(matches!(
+            actions[0],
+            Action::Closing(Reason::Rejected(Rejection { status: 413, .. }))
+        ));
+    }
+
+    #[test]
+    fn deadlines() {
+        let config = Config::default();
+        let mut conn = Connection::new(0, true);
+        assert!(matches!(conn.tick(&ctx(&config, 9_999)), Action::Nothing));
+        assert!(matches!(
+            conn.tick(&ctx(&config, 10_000)),
+            Action::Drop(Reason::HandshakeTimeout)
+        ));
+
+        let mut conn = Connection::new(0, true);
+        feed(&mut conn, UPGRADE, &ctx(&config, 0));
+        sent(&mut conn);
+        assert!(matches!(conn.tick(&ctx(&config, 53_999)), Action::Nothing));
+        assert!(matches!(conn.tick(&ctx(&config, 54_000)), Action::Nothing));
+        assert_eq!(
+            sent(&mut conn),
+            b"\x89\x00",
+            "one ping after --ping-interval"
+        );
+        assert!(matches!(conn.tick(&ctx(&config, 55_000)), Action::Nothing));
+        assert!(sent(&mut conn).is_empty(), "not a second ping");
+        assert!(matches!(
+            conn.tick(&ctx(&config, 60_000)),
+            Action::Drop(Reason::IdleTimeout)
+        ));
+    }
+
+    #[test]
+    fn full_queue_closes_1013() {
+        let config = Config {
+            queue_messages: 2,
+            ..Config::default()
+        };
+        let mut conn = Connection::new(0, true);
+        feed(&mut conn, UPGRADE, &ctx(&config, 0));
+        sent(&mut conn);
+        let c = ctx(&config, 0);
+        let f = frame::encode_message(MessageKind::Text, b"m");
+        assert!(matches!(conn.enqueue(f.clone(), &c), Action::Nothing));
+        assert!(matches!(conn.enqueue(f.clone(), &c), Action::Nothing));
+        assert!(matches!(
+            conn.enqueue(f, &c),
+            Action::Closing(Reason::SlowConsumer(_))
+        ));
+        let out = sent(&mut conn);
+        assert_eq!(&out[..2], b"\x88\x0f");
+        assert_eq!(&out[2..4], &1013u16.to_be_bytes());
+    }
+}

@@ -1,0 +1,396 @@
+//! The HTTP/1.1 side of the port, without I/O: parsing a request head into a
+//! route (upgrade, health, publish), the checks of RFC 6455 §4.2.1 with the
+//! statuses of the contract, and the bytes of every response we send.
+//!
+//! The head is parsed with httparse from a buffer that the caller grows as
+//! bytes arrive; [`head_complete`] tells cheaply when parsing is worth trying,
+//! so a request trickling in one byte at a time is not parsed once per byte.
+
+use std::fmt::Write as _;
+
+use crate::topic::{Topic, TopicError, topics_from_query};
+
+/// Largest request head we accept (contract: 8 KiB).
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Most header lines we accept (contract: 64).
+pub const MAX_HEADERS: usize = 64;
+
+/// A request head that routed somewhere.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    /// A valid WebSocket upgrade on `/ws`.
+    Upgrade {
+        accept_key: String,
+        topics: Vec<Topic>,
+    },
+    /// `GET /healthz`.
+    Health,
+    /// `POST /publish/<topic>`, body not read yet.
+    Publish(PublishHead),
+}
+
+/// What the head of a publish request said.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PublishHead {
+    pub topic: Result<Topic, TopicError>,
+    pub content_length: usize,
+    /// The token of an `Authorization: Bearer` header.
+    pub bearer: Option<String>,
+    /// `Content-Type: application/octet-stream`: publish as binary.
+    pub octet_stream: bool,
+    /// The client waits for `100 Continue` before sending the body.
+    pub expect_continue: bool,
+}
+
+/// A request we answer with an error status, then close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// For the log line and the response body.
+    pub reason: &'static str,
+}
+
+const fn reject(status: u16, reason: &'static str) -> Rejection {
+    Rejection { status, reason }
+}
+
+/// True once `buf` holds the blank line that ends a head. `scanned` is how
+/// much of `buf` an earlier call already looked at.
+pub fn head_complete(buf: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    let tail = &buf[from..];
+    tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n")
+}
+
+/// Parses a complete or partial request head. `Ok(None)`: need more bytes.
+/// On success, also returns the length of the head (a body or pipelined
+/// WebSocket frames may follow it in `buf`).
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Rejection> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(reject(431, "request head over 8 KiB"));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "more than 64 headers")),
+        Err(_) => return Err(reject(400, "malformed request")),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(reject(431, "request head over 8 KiB"));
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Err(reject(400, "malformed request"));
+    };
+    if req.version != Some(1) {
+        return Err(reject(400, "HTTP/1.1 required"));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let headers = Headers(req.headers);
+    let request = match path {
+        "/ws" if method == "GET" => upgrade(&headers, query)?,
+        "/ws" => return Err(reject(405, "WebSocket upgrade must be GET")),
+        "/healthz" if method == "GET" || method == "HEAD" => Request::Health,
+        "/healthz" => return Err(reject(405, "health check is GET")),
+        _ => match path.strip_prefix("/publish/") {
+            Some(topic) if method == "POST" => Request::Publish(publish(&headers, topic)?),
+            Some(_) => return Err(reject(405, "publish is POST")),
+            None => return Err(reject(404, "unknown path")),
+        },
+    };
+    Ok(Some((request, len)))
+}
+
+struct Headers<'h, 'b>(&'h [httparse::Header<'b>]);
+
+impl Headers<'_, '_> {
+    fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
+        self.0
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// The value of a header that must appear at most once.
+    fn single<'s>(&'s self, name: &'s str) -> Result<Option<&'s [u8]>, Rejection> {
+        let mut values = self.all(name);
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(reject(400, "repeated header"));
+        }
+        Ok(first)
+    }
+
+    /// True if any `name` header holds `token` in its comma-separated list.
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.all(name)
+            .flat_map(|v| v.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    }
+}
+
+fn upgrade(headers: &Headers, query: Option<&str>) -> Result<Request, Rejection> {
+    if !headers.has_token("upgrade", "websocket") {
+        return Err(reject(400, "missing Upgrade: websocket"));
+    }
+    if !headers.has_token("connection", "upgrade") {
+        return Err(reject(400, "missing Connection: upgrade"));
+    }
+    match headers.single("sec-websocket-version")? {
+        Some(v) if v.trim_ascii() == b"13" => {}
+        _ => return Err(reject(426, "Sec-WebSocket-Version must be 13")),
+    }
+    let key = match headers.single("sec-websocket-key")? {
+        Some(key) if is_valid_key(key.trim_ascii()) => key.trim_ascii(),
+        _ => {
+            return Err(reject(
+                400,
+                "Sec-WebSocket-Key missing or not 16 bytes of base64",
+            ));
+        }
+    };
+    let topics = topics_from_query(query).map_err(|_| reject(400, "bad topic in query"))?;
+    let accept_key = tungstenite::handshake::derive_accept_key(key);
+    Ok(Request::Upgrade { accept_key, topics })
+}
+
+/// RFC 6455 §4.1: the key is 16 bytes, base64-encoded: 22 symbols and "==",
+/// the last symbol carrying only 2 bits.
+fn is_valid_key(key: &[u8]) -> bool {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let [body @ .., last, b'=', b'='] = key else {
+        return false;
+    };
+    if body.len() != 21 || !body.iter().all(|b| ALPHABET.contains(b)) {
+        return false;
+    }
+    matches!(ALPHABET.iter().position(|b| b == last), Some(v) if v & 0x0f == 0)
+}
+
+fn publish(headers: &Headers, topic: &str) -> Result<PublishHead, Rejection> {
+    if headers.single("transfer-encoding")?.is_some() {
+        return Err(reject(
+            411,
+            "publish needs Content-Length, not Transfer-Encoding",
+        ));
+    }
+    let content_length = match headers.single("content-length")? {
+        None => return Err(reject(411, "publish needs Content-Length")),
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .ok_or(reject(400, "bad Content-Length"))?,
+    };
+    let bearer = headers
+        .single("authorization")?
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let octet_stream = headers.single("content-type")?.is_some_and(|v| {
+        v.split(|&b| b == b';').next().is_some_and(|t| {
+            t.trim_ascii()
+                .eq_ignore_ascii_case(b"application/octet-stream")
+        })
+    });
+    let expect_continue = headers
+        .single("expect")?
+        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    Ok(PublishHead {
+        topic: Topic::new(topic),
+        content_length,
+        bearer,
+        octet_stream,
+        expect_continue,
+    })
+}
+
+/// `101 Switching Protocols` for an accepted upgrade.
+pub fn upgrade_response(accept_key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The interim response that lets a client send a publish body.
+pub const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A complete response after which the connection is closed.
+pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        status_text(status),
+        body.len()
+    );
+    match status {
+        426 => head.push_str("Sec-WebSocket-Version: 13\r\n"),
+        405 => head.push_str("Allow: GET, POST\r\n"),
+        401 => head.push_str("WWW-Authenticate: Bearer\r\n"),
+        _ => {}
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// The response for a rejected request, body naming the reason.
+pub fn rejection_response(rejection: Rejection) -> Vec<u8> {
+    let mut body = String::with_capacity(rejection.reason.len() + 1);
+    let _ = writeln!(body, "{}", rejection.reason);
+    response(rejection.status, "text/plain; charset=utf-8", &body)
+}
+
+fn status_text(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn upgrade_request(extra: &str) -> String {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn status_of(req: &str) -> u16 {
+        parse_request(req.as_bytes()).unwrap_err().status
+    }
+
+    #[test]
+    fn rfc_sample_key_gives_rfc_accept() {
+        let req = upgrade_request("");
+        let (request, len) = parse_request(req.as_bytes()).unwrap().unwrap();
+        assert_eq!(len, req.len());
+        let Request::Upgrade { accept_key, topics } = request else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(topics, [Topic::new("all").unwrap()]);
+    }
+
+    #[test]
+    fn partial_at_every_byte_then_complete() {
+        let req = upgrade_request("");
+        let bytes = req.as_bytes();
+        for i in 0..bytes.len() {
+            assert_eq!(parse_request(&bytes[..i]), Ok(None), "prefix of {i} bytes");
+            assert!(
+                !head_complete(&bytes[..i], i.saturating_sub(1)),
+                "prefix {i}"
+            );
+        }
+        assert!(head_complete(bytes, bytes.len() - 1));
+        assert!(parse_request(bytes).unwrap().is_some());
+    }
+
+    #[test]
+    fn tokens_are_case_insensitive_comma_lists() {
+        let req = "GET /ws?topic=a&topic=b HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, UPGRADE\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
+        let Some((Request::Upgrade { topics, .. }, _)) = parse_request(req.as_bytes()).unwrap()
+        else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(topics.len(), 2);
+    }
+
+    #[test]
+    fn upgrade_errors_have_the_contract_statuses() {
+        let base = upgrade_request("");
+        assert_eq!(status_of("GARBAGE\r\n\r\n"), 400);
+        assert_eq!(status_of("GET /ws HTTP/1.0\r\n\r\n"), 400);
+        assert_eq!(status_of(&base.replace("GET", "POST")), 405);
+        assert_eq!(status_of(&base.replace("/ws", "/nope")), 404);
+        assert_eq!(status_of(&base.replace("Upgrade: websocket\r\n", "")), 400);
+        assert_eq!(
+            status_of(&base.replace("Connection: Upgrade", "Connection: keep-alive")),
+            400
+        );
+        assert_eq!(status_of(&base.replace(KEY, "")), 400);
+        assert_eq!(status_of(&base.replace(KEY, "c2hvcnQ=")), 400);
+        assert_eq!(
+            status_of(&base.replace(KEY, "dGhlIHNhbXBsZSBub25jZR==")),
+            400
+        );
+        assert_eq!(status_of(&base.replace("Version: 13", "Version: 8")), 426);
+        assert_eq!(
+            status_of(&base.replace("Sec-WebSocket-Version: 13\r\n", "")),
+            426
+        );
+        assert_eq!(status_of(&base.replace("/ws", "/ws?topic=bad%20name")), 400);
+        let many: String = (0..65).map(|i| format!("X-{i}: y\r\n")).collect();
+        assert_eq!(status_of(&upgrade_request(&many)), 431);
+        let big = format!("X-Big: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
+        assert_eq!(
+            parse_request(&upgrade_request(&big).as_bytes()[..MAX_HEAD_BYTES])
+                .unwrap_err()
+                .status,
+            431
+        );
+        let dup = upgrade_request(&format!("Sec-WebSocket-Key: {KEY}\r\n"));
+        assert_eq!(status_of(&dup), 400);
+    }
+
+    #[test]
+    fn health_and_publish_routes() {
+        assert_eq!(
+            parse_request(b"GET /healthz HTTP/1.1\r\n\r\n")
+                .unwrap()
+                .unwrap()
+                .0,
+            Request::Health
+        );
+        let req = "POST /publish/news HTTP/1.1\r\nContent-Length: 5\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/octet-stream\r\nExpect: 100-continue\r\n\r\nhello";
+        let (Request::Publish(head), len) = parse_request(req.as_bytes()).unwrap().unwrap() else {
+            panic!("not a publish")
+        };
+        assert_eq!(&req[len..], "hello");
+        assert_eq!(head.topic, Topic::new("news"));
+        assert_eq!(head.content_length, 5);
+        assert_eq!(head.bearer.as_deref(), Some("s3cret"));
+        assert!(head.octet_stream && head.expect_continue);
+        assert_eq!(status_of("GET /publish/news HTTP/1.1\r\n\r\n"), 405);
+        assert_eq!(status_of("POST /publish/news HTTP/1.1\r\n\r\n"), 411);
+        let bad_topic = "POST /publish/a%20b HTTP/1.1\r\nContent-Length: 1\r\n\r\n";
+        let Some((Request::Publish(head), _)) = parse_request(bad_topic.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert!(head.topic.is_err());
+    }
+
+    #[test]
+    fn responses() {
+        let r = String::from_utf8(rejection_response(Rejection {
+            status: 426,
+            reason: "v",
+        }))
+        .unwrap();
+        assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+        assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(r.ends_with("\r\n\r\nv\n"));
+        let ok = String::from_utf8(upgrade_response("abc=")).unwrap();
+        assert!(ok.contains("Sec-WebSocket-Accept: abc=\r\n"));
+    }
+}

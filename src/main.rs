@@ -1,0 +1,44 @@
+//! The `wshub` binary: flags in, server out.
+
+use std::process::ExitCode;
+
+use wshub::config::{Command, Config, usage};
+
+fn main() -> ExitCode {
+    let command = Config::from_args(std::env::args().skip(1), |name| std::env::var(name).ok());
+    let config = match command {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("wshub {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("wshub: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .with_utc_timestamps()
+        .init()
+    {
+        eprintln!("wshub: cannot start logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let listen = config.listen;
+    let server = match wshub::Server::bind(*config) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("wshub: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,269 @@
+//! A client's bounded queue of encoded frames, and the gathering write that
+//! drains it.
+//!
+//! Frames are shared (`Rc<[u8]>`): queuing a broadcast to a client copies a
+//! pointer, not the payload. The bounds (messages and bytes) are checked on
+//! every push, so nothing can grow a queue past them; a push that would is
+//! refused and the caller drops the client (slow consumer, close 1013).
+//! A partial write only moves an offset into the front frame.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use crate::frame::SharedFrame;
+
+/// Frames handed to one `writev` at most (well under Linux's IOV_MAX of 1024).
+const MAX_IOVECS: usize = 64;
+/// A queue that grew past this many slots during a burst gives them back once
+/// it is empty again, so a once-busy client does not keep the memory.
+const KEEP_CAPACITY: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// Which bound a push would have broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    Messages,
+    Bytes,
+}
+
+impl Overflow {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Overflow::Messages => "send queue full (messages)",
+            Overflow::Bytes => "send queue full (bytes)",
+        }
+    }
+}
+
+/// Result of draining as much as the socket would take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub bytes: usize,
+    /// Everything queued was written.
+    pub drained: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct SendQueue {
+    frames: VecDeque<SharedFrame>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    /// Bytes queued and not yet written.
+    pending: usize,
+}
+
+impl SendQueue {
+    /// Queues a frame within the limits. A single frame larger than the byte
+    /// bound is still accepted by an empty queue, so that a message size
+    /// limit above the queue's byte bound does not make messages undeliverable.
+    pub fn push(&mut self, frame: SharedFrame, limits: QueueLimits) -> Result<(), Overflow> {
+        if self.frames.len() >= limits.messages {
+            return Err(Overflow::Messages);
+        }
+        if !self.frames.is_empty() && self.pending + frame.len() > limits.bytes {
+            return Err(Overflow::Bytes);
+        }
+        self.push_unbounded(frame);
+        Ok(())
+    }
+
+    /// Queues a frame the protocol requires us to send (a close reply), past
+    /// the bounds. Used at most once or twice per connection.
+    pub fn push_unbounded(&mut self, frame: SharedFrame) {
+        self.pending += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending
+    }
+
+    /// Drops every frame not yet started, keeping a partly written front
+    /// frame so the stream stays well framed for a final close.
+    pub fn discard_unstarted(&mut self) {
+        let keep = usize::from(self.offset > 0);
+        while self.frames.len() > keep {
+            if let Some(frame) = self.frames.pop_back() {
+                self.pending -= frame.len();
+            }
+        }
+    }
+
+    /// Writes queued frames until the queue is empty or the writer would
+    /// block. Errors other than `WouldBlock` are returned as they are.
+    pub fn write_to<W: Write>(&mut self, writer: &mut W) -> io::Result<Written> {
+        let mut total = 0;
+        while !self.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
+                let start = if i == 0 { self.offset } else { 0 };
+                slices[i] = IoSlice::new(&frame[start..]);
+                count += 1;
+            }
+            match writer.write_vectored(&slices[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    total += n;
+                    self.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(Written {
+                        bytes: total,
+                        drained: false,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if self.frames.capacity() > KEEP_CAPACITY {
+            self.frames = VecDeque::new();
+        }
+        Ok(Written {
+            bytes: total,
+            drained: true,
+        })
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.pending -= n;
+        while n > 0 {
+            let Some(front) = self.frames.front() else {
+                return;
+            };
+            let left = front.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            self.frames.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    const LIMITS: QueueLimits = QueueLimits {
+        messages: 4,
+        bytes: 100,
+    };
+
+    fn frame(bytes: &[u8]) -> SharedFrame {
+        Rc::from(bytes)
+    }
+
+    /// Accepts at most `budget` bytes per call, then would block.
+    struct Trickle {
+        out: Vec<u8>,
+        budget: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(2) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.budget - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn bounds_by_messages_and_bytes() {
+        let mut q = SendQueue::default();
+        for _ in 0..4 {
+            q.push(frame(b"abc"), LIMITS).unwrap();
+        }
+        assert_eq!(q.push(frame(b"abc"), LIMITS), Err(Overflow::Messages));
+        let mut q = SendQueue::default();
+        q.push(frame(&[0; 60]), LIMITS).unwrap();
+        assert_eq!(q.push(frame(&[0; 41]), LIMITS), Err(Overflow::Bytes));
+        q.push(frame(&[0; 40]), LIMITS).unwrap();
+        // a lone oversized frame is accepted by an empty queue
+        let mut q = SendQueue::default();
+        q.push(frame(&[0; 500]), LIMITS).unwrap();
+        assert_eq!(q.pending_bytes(), 500);
+    }
+
+    #[test]
+    fn partial_writes_resume_exactly() {
+        for budget in 1..12 {
+            let mut q = SendQueue::default();
+            let frames: [&[u8]; 3] = [b"hello", b"", b"world!!"];
+            for f in frames {
+                q.push(
+                    frame(f),
+                    QueueLimits {
+                        messages: 10,
+                        bytes: 100,
+                    },
+                )
+                .unwrap();
+            }
+            let mut w = Trickle {
+                out: Vec::new(),
+                budget,
+                calls: 0,
+            };
+            let mut rounds = 0;
+            while !q.write_to(&mut w).unwrap().drained {
+                rounds += 1;
+                assert!(rounds < 100);
+            }
+            assert_eq!(w.out, b"helloworld!!", "budget {budget}");
+            assert_eq!(q.pending_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn discard_keeps_a_started_frame() {
+        let mut q = SendQueue::default();
+        for f in [b"aaaa", b"bbbb", b"cccc"] {
+            q.push(frame(f), LIMITS).unwrap();
+        }
+        let mut w = Trickle {
+            out: Vec::new(),
+            budget: 2,
+            calls: 0,
+        };
+        q.write_to(&mut w).unwrap();
+        q.discard_unstarted();
+        assert_eq!((q.len(), q.pending_bytes()), (1, 2));
+        let mut q2 = SendQueue::default();
+        q2.push(frame(b"x"), LIMITS).unwrap();
+        q2.discard_unstarted();
+        assert!(q2.is_empty());
+    }
+}

@@ -1,0 +1,120 @@
+//! Topic names, and the subscription list carried in the upgrade URL.
+
+use std::fmt;
+
+/// Most topics one connection may subscribe to (contract: 16).
+pub const MAX_TOPICS_PER_CLIENT: usize = 16;
+/// Topic a plain `/ws` connection subscribes to.
+pub const DEFAULT_TOPIC: &str = "all";
+
+/// A topic name that is known to be valid: 1–64 bytes of `A-Z a-z 0-9 . _ - :`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Topic(Box<str>);
+
+/// Why a topic name or list was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicError {
+    Empty,
+    TooLong,
+    BadChar,
+    TooMany,
+}
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TopicError::Empty => "topic is empty",
+            TopicError::TooLong => "topic is longer than 64 bytes",
+            TopicError::BadChar => "topic may only contain A-Z a-z 0-9 . _ - :",
+            TopicError::TooMany => "more than 16 topics",
+        })
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+impl Topic {
+    pub fn new(name: &str) -> Result<Topic, TopicError> {
+        if name.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        if name.len() > 64 {
+            return Err(TopicError::TooLong);
+        }
+        let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':');
+        if !name.bytes().all(ok) {
+            return Err(TopicError::BadChar);
+        }
+        Ok(Topic(name.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({})", self.0)
+    }
+}
+
+/// Topics named by a query string such as `topic=a&topic=b`: `all` when none
+/// is named, duplicates folded. Other parameters are ignored so that clients
+/// may add their own (a cache buster, a client id).
+pub fn topics_from_query(query: Option<&str>) -> Result<Vec<Topic>, TopicError> {
+    let mut topics: Vec<Topic> = Vec::new();
+    for pair in query.unwrap_or("").split('&') {
+        let Some(value) = pair.strip_prefix("topic=") else {
+            continue;
+        };
+        let topic = Topic::new(value)?;
+        if !topics.contains(&topic) {
+            if topics.len() == MAX_TOPICS_PER_CLIENT {
+                return Err(TopicError::TooMany);
+            }
+            topics.push(topic);
+        }
+    }
+    if topics.is_empty() {
+        topics.push(Topic(DEFAULT_TOPIC.into()));
+    }
+    Ok(topics)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_and_invalid_names() {
+        assert!(Topic::new("sensors.room-1:temp_c").is_ok());
+        assert_eq!(Topic::new(""), Err(TopicError::Empty));
+        assert_eq!(Topic::new(&"a".repeat(65)), Err(TopicError::TooLong));
+        assert!(Topic::new(&"a".repeat(64)).is_ok());
+        assert_eq!(Topic::new("a b"), Err(TopicError::BadChar));
+        assert_eq!(Topic::new("a%20b"), Err(TopicError::BadChar));
+        assert_eq!(Topic::new("é"), Err(TopicError::BadChar));
+    }
+
+    #[test]
+    fn query_lists() {
+        fn names(q: Option<&str>) -> Result<Vec<String>, TopicError> {
+            topics_from_query(q).map(|t| t.iter().map(|t| t.to_string()).collect())
+        }
+        assert_eq!(names(None).unwrap(), ["all"]);
+        assert_eq!(names(Some("")).unwrap(), ["all"]);
+        assert_eq!(names(Some("topic=a&topic=b&topic=a")).unwrap(), ["a", "b"]);
+        assert_eq!(names(Some("x=1&topic=a")).unwrap(), ["a"]);
+        assert_eq!(names(Some("topic=")), Err(TopicError::Empty));
+        let many: Vec<String> = (0..17).map(|i| format!("topic=t{i}")).collect();
+        assert_eq!(names(Some(&many.join("&"))), Err(TopicError::TooMany));
+        assert_eq!(names(Some(&many[..16].join("&"))).unwrap().len(), 16);
+    }
+}
