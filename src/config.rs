@@ -69,71 +69,19 @@ struct Flag {
 }
 
 const FLAGS: &[Flag] = &[
-    Flag {
-        name: "listen",
-        value: "ADDR",
-        help: "TCP address to listen on [127.0.0.1:8080]",
-    },
-    Flag {
-        name: "max-message-size",
-        value: "BYTES",
-        help: "largest message a client may send [65536]",
-    },
-    Flag {
-        name: "max-connections",
-        value: "N",
-        help: "WebSocket clients at most; more get HTTP 503 [10000]",
-    },
-    Flag {
-        name: "queue-messages",
-        value: "N",
-        help: "per-client send queue bound, in messages [256]",
-    },
-    Flag {
-        name: "queue-bytes",
-        value: "BYTES",
-        help: "per-client send queue bound, in bytes [4194304]",
-    },
-    Flag {
-        name: "write-timeout",
-        value: "SECS",
-        help: "drop a client whose queue makes no progress this long [10]",
-    },
-    Flag {
-        name: "handshake-timeout",
-        value: "SECS",
-        help: "close a connection not upgraded by then [10]",
-    },
-    Flag {
-        name: "ping-interval",
-        value: "SECS",
-        help: "ping a client silent this long [54]",
-    },
-    Flag {
-        name: "idle-timeout",
-        value: "SECS",
-        help: "drop a client silent this long [60]",
-    },
-    Flag {
-        name: "shutdown-timeout",
-        value: "SECS",
-        help: "on SIGINT/SIGTERM, exit after at most this long [5]",
-    },
-    Flag {
-        name: "no-echo",
-        value: "",
-        help: "do not send a client its own messages",
-    },
-    Flag {
-        name: "publish-token",
-        value: "TOKEN",
-        help: "bearer token for POST /publish (default: loopback only)",
-    },
-    Flag {
-        name: "log-level",
-        value: "LEVEL",
-        help: "error, warn, info, debug or trace [info] (also RUST_LOG)",
-    },
+    Flag { name: "listen", value: "ADDR", help: "TCP address to listen on [127.0.0.1:8080]" },
+    Flag { name: "max-message-size", value: "BYTES", help: "largest message a client may send [65536]" },
+    Flag { name: "max-connections", value: "N", help: "WebSocket clients at most; more get HTTP 503 [10000]" },
+    Flag { name: "queue-messages", value: "N", help: "per-client send queue bound, in messages [256]" },
+    Flag { name: "queue-bytes", value: "BYTES", help: "per-client send queue bound, in bytes [4194304]" },
+    Flag { name: "write-timeout", value: "SECS", help: "drop a client whose queue makes no progress this long [10]" },
+    Flag { name: "handshake-timeout", value: "SECS", help: "close a connection not upgraded by then [10]" },
+    Flag { name: "ping-interval", value: "SECS", help: "ping a client silent this long [54]" },
+    Flag { name: "idle-timeout", value: "SECS", help: "drop a client silent this long [60]" },
+    Flag { name: "shutdown-timeout", value: "SECS", help: "on SIGINT/SIGTERM, exit after at most this long [5]" },
+    Flag { name: "no-echo", value: "", help: "do not send a client its own messages" },
+    Flag { name: "publish-token", value: "TOKEN", help: "bearer token for POST /publish (default: loopback only)" },
+    Flag { name: "log-level", value: "LEVEL", help: "error, warn, info, debug or trace [info] (also RUST_LOG)" },
 ];
 
 pub fn usage() -> String {
@@ -189,30 +137,21 @@ impl Config {
             given.push((flag.name, value));
         }
 
-        let mut config = Config {
-            handle_signals: true,
-            ..Config::default()
-        };
+        let mut config = Config { handle_signals: true, ..Config::default() };
         for flag in FLAGS {
             let from_flag = given.iter().rev().find(|(n, _)| *n == flag.name);
             let env_name = format!("WSHUB_{}", flag.name.replace('-', "_").to_uppercase());
             let (value, source) = match from_flag {
-                Some((_, value)) => (
-                    value.clone().or_else(|| Some(String::new())),
-                    format!("--{}", flag.name),
-                ),
+                Some((_, value)) => (value.clone().or_else(|| Some(String::new())), format!("--{}", flag.name)),
                 None => match env(&env_name) {
                     Some(v) => (Some(v), env_name.clone()),
                     None => continue,
                 },
             };
             let value = value.unwrap_or_default();
-            config
-                .set(flag.name, &value)
-                .map_err(|why| format!("invalid {source} '{value}': {why}"))?;
+            config.set(flag.name, &value).map_err(|why| format!("invalid {source} '{value}': {why}"))?;
         }
-        let level_given =
-            given.iter().any(|(n, _)| *n == "log-level") || env("WSHUB_LOG_LEVEL").is_some();
+        let level_given = given.iter().any(|(n, _)| *n == "log-level") || env("WSHUB_LOG_LEVEL").is_some();
         if let Some(level) = env("RUST_LOG").and_then(|v| v.parse::<LevelFilter>().ok())
             && !level_given
         {
@@ -225,9 +164,7 @@ impl Config {
     fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
             "listen" => {
-                self.listen = value
-                    .parse()
-                    .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")?
+                self.listen = value.parse().map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")?
             }
             "max-message-size" => self.max_message_size = positive(value)?,
             "max-connections" => self.max_connections = positive(value)?,
@@ -247,11 +184,7 @@ impl Config {
             }
             "publish-token" if value.is_empty() => return Err("must not be empty".into()),
             "publish-token" => self.publish_token = Some(value.to_string()),
-            "log-level" => {
-                self.log_level = value
-                    .parse()
-                    .map_err(|_| "expected error, warn, info, debug or trace")?
-            }
+            "log-level" => self.log_level = value.parse().map_err(|_| "expected error, warn, info, debug or trace")?,
             _ => return Err("unknown setting".into()),
         }
         Ok(())
@@ -281,9 +214,7 @@ fn positive(value: &str) -> Result<usize, String> {
 }
 
 fn seconds(value: &str) -> Result<Duration, String> {
-    let secs: f64 = value
-        .parse()
-        .map_err(|_| "expected seconds, e.g. 10 or 0.5")?;
+    let secs: f64 = value.parse().map_err(|_| "expected seconds, e.g. 10 or 0.5")?;
     if !(secs > 0.0 && secs < 1e9) {
         return Err("must be more than 0".into());
     }
@@ -295,10 +226,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Command, String> {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_args(args.iter().map(|s| s.to_string()), |name| {
             env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
         })
@@ -316,12 +244,7 @@ mod tests {
         let c = config(&[], &[]);
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(
-            (
-                c.max_message_size,
-                c.max_connections,
-                c.queue_messages,
-                c.queue_bytes
-            ),
+            (c.max_message_size, c.max_connections, c.queue_messages, c.queue_bytes),
             (65536, 10000, 256, 4194304)
         );
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
@@ -331,19 +254,8 @@ mod tests {
     #[test]
     fn flags_env_and_precedence() {
         let c = config(
-            &[
-                "--listen",
-                "[::1]:0",
-                "--no-echo",
-                "--write-timeout=0.5",
-                "--max-message-size",
-                "10",
-            ],
-            &[
-                ("WSHUB_MAX_MESSAGE_SIZE", "99"),
-                ("WSHUB_QUEUE_MESSAGES", "7"),
-                ("RUST_LOG", "debug"),
-            ],
+            &["--listen", "[::1]:0", "--no-echo", "--write-timeout=0.5", "--max-message-size", "10"],
+            &[("WSHUB_MAX_MESSAGE_SIZE", "99"), ("WSHUB_QUEUE_MESSAGES", "7"), ("RUST_LOG", "debug")],
         );
         assert_eq!(c.listen.to_string(), "[::1]:0");
         assert!(c.no_echo);
@@ -352,10 +264,7 @@ mod tests {
         assert_eq!(c.queue_messages, 7);
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert!(config(&[], &[("WSHUB_NO_ECHO", "true")]).no_echo);
-        assert_eq!(
-            config(&["--log-level", "warn"], &[("RUST_LOG", "debug")]).log_level,
-            LevelFilter::Warn
-        );
+        assert_eq!(config(&["--log-level", "warn"], &[("RUST_LOG", "debug")]).log_level, LevelFilter::Warn);
     }
 
     #[test]
@@ -372,11 +281,7 @@ mod tests {
             assert!(err.contains(needle), "{err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
-        assert!(
-            parse(&[], &[("WSHUB_MAX_CONNECTIONS", "many")])
-                .unwrap_err()
-                .contains("WSHUB_MAX_CONNECTIONS")
-        );
+        assert!(parse(&[], &[("WSHUB_MAX_CONNECTIONS", "many")]).unwrap_err().contains("WSHUB_MAX_CONNECTIONS"));
         assert_eq!(parse(&["--help"], &[]), Ok(Command::Help));
         assert_eq!(parse(&["-V"], &[]), Ok(Command::Version));
     }

@@ -58,6 +58,7 @@ pub enum Reason {
     IdleTimeout,
     LingerTimeout,
     ShuttingDown,
+    ConnectionLost(std::io::ErrorKind),
 }
 
 /// What the connection needs to know about its surroundings.
@@ -72,27 +73,13 @@ pub struct Context<'a> {
 #[derive(Debug)]
 enum Phase {
     /// Reading the request head; `scanned` bytes were searched for its end.
-    Request {
-        buf: Vec<u8>,
-        scanned: usize,
-        since: Millis,
-    },
+    Request { buf: Vec<u8>, scanned: usize, since: Millis },
     /// Reading the body of a publish request.
-    PublishBody {
-        topic: Topic,
-        octet_stream: bool,
-        body: Vec<u8>,
-        expected: usize,
-        since: Millis,
-    },
+    PublishBody { topic: Topic, octet_stream: bool, body: Vec<u8>, expected: usize, since: Millis },
     /// An HTTP publish is being delivered by the driver.
     Publishing,
     /// An open WebSocket client.
-    Open {
-        decoder: FrameDecoder,
-        last_heard: Millis,
-        ping_sent: bool,
-    },
+    Open { decoder: FrameDecoder, last_heard: Millis, ping_sent: bool },
     /// Last bytes queued; waiting for them to be written and for the peer's EOF.
     Closing { deadline: Millis },
 }
@@ -115,11 +102,7 @@ fn millis(d: Duration) -> Millis {
 impl Connection {
     pub fn new(now: Millis, peer_is_loopback: bool) -> Connection {
         Connection {
-            phase: Phase::Request {
-                buf: Vec::new(),
-                scanned: 0,
-                since: now,
-            },
+            phase: Phase::Request { buf: Vec::new(), scanned: 0, since: now },
             queue: SendQueue::default(),
             last_progress: now,
             peer_is_loopback,
@@ -147,18 +130,11 @@ impl Connection {
             }
             // Bytes after the request of an HTTP exchange are not ours to read.
             Phase::Publishing | Phase::Closing { .. } => (input.len(), Action::Nothing),
-            Phase::Open {
-                decoder,
-                last_heard,
-                ping_sent,
-            } => {
+            Phase::Open { decoder, last_heard, ping_sent } => {
                 *last_heard = ctx.now;
                 *ping_sent = false;
                 match decoder.decode(input, ctx.config.max_message_size) {
-                    Err(e) => (
-                        input.len(),
-                        self.close(e.code, e.reason, Reason::Protocol(e), ctx),
-                    ),
+                    Err(e) => (input.len(), self.close(e.code, e.reason, Reason::Protocol(e), ctx)),
                     Ok(decoded) => {
                         let consumed = decoded.consumed;
                         let action = match decoded.event {
@@ -207,21 +183,11 @@ impl Connection {
             Request::Health => self.respond(200, "text/plain", "ok\n", Reason::HttpDone, ctx),
             Request::Upgrade { accept_key, topics } => {
                 if ctx.at_capacity {
-                    self.reject(
-                        Rejection {
-                            status: 503,
-                            reason: "at --max-connections",
-                        },
-                        ctx,
-                    )
+                    self.reject(Rejection { status: 503, reason: "at --max-connections" }, ctx)
                 } else {
-                    self.queue
-                        .push_unbounded(Rc::from(http::upgrade_response(&accept_key)));
-                    self.phase = Phase::Open {
-                        decoder: FrameDecoder::default(),
-                        last_heard: ctx.now,
-                        ping_sent: false,
-                    };
+                    self.queue.push_unbounded(Rc::from(http::upgrade_response(&accept_key)));
+                    self.phase =
+                        Phase::Open { decoder: FrameDecoder::default(), last_heard: ctx.now, ping_sent: false };
                     Action::Subscribe(topics)
                 }
             }
@@ -233,42 +199,21 @@ impl Connection {
     fn start_publish(&mut self, head: PublishHead, ctx: &Context) -> Action {
         let config = ctx.config;
         let allowed = match &config.publish_token {
-            Some(token) => head
-                .bearer
-                .as_deref()
-                .is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())),
+            Some(token) => head.bearer.as_deref().is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())),
             None => self.peer_is_loopback,
         };
         if !allowed {
             let rejection = match config.publish_token {
-                Some(_) => Rejection {
-                    status: 401,
-                    reason: "publish needs the right bearer token",
-                },
-                None => Rejection {
-                    status: 403,
-                    reason: "without --publish-token only loopback peers may publish",
-                },
+                Some(_) => Rejection { status: 401, reason: "publish needs the right bearer token" },
+                None => Rejection { status: 403, reason: "without --publish-token only loopback peers may publish" },
             };
             return self.reject(rejection, ctx);
         }
         let Ok(topic) = head.topic else {
-            return self.reject(
-                Rejection {
-                    status: 400,
-                    reason: "bad topic",
-                },
-                ctx,
-            );
+            return self.reject(Rejection { status: 400, reason: "bad topic" }, ctx);
         };
         if head.content_length > config.max_message_size {
-            return self.reject(
-                Rejection {
-                    status: 413,
-                    reason: "body over --max-message-size",
-                },
-                ctx,
-            );
+            return self.reject(Rejection { status: 413, reason: "body over --max-message-size" }, ctx);
         }
         if head.expect_continue {
             self.queue.push_unbounded(Rc::from(http::CONTINUE_RESPONSE));
@@ -288,65 +233,39 @@ impl Connection {
             Phase::PublishBody { body, expected, .. } if body.len() == *expected => {}
             _ => return Action::Nothing,
         }
-        let Phase::PublishBody {
-            topic,
-            octet_stream,
-            body,
-            ..
-        } = std::mem::replace(&mut self.phase, Phase::Publishing)
+        let Phase::PublishBody { topic, octet_stream, body, .. } =
+            std::mem::replace(&mut self.phase, Phase::Publishing)
         else {
             return Action::Nothing;
         };
-        let kind = if !octet_stream && std::str::from_utf8(&body).is_ok() {
-            MessageKind::Text
-        } else {
-            MessageKind::Binary
-        };
+        let kind =
+            if !octet_stream && std::str::from_utf8(&body).is_ok() { MessageKind::Text } else { MessageKind::Binary };
         Action::Publish(topic, frame::encode_message(kind, &body))
     }
 
     /// The driver delivered this connection's publish to `receivers` clients.
     pub fn published(&mut self, receivers: usize, now: Millis) {
         let body = format!("{{\"receivers\": {receivers}}}\n");
-        self.queue
-            .push_unbounded(Rc::from(http::response(200, "application/json", &body)));
-        self.phase = Phase::Closing {
-            deadline: now + millis(CLOSE_LINGER),
-        };
+        self.queue.push_unbounded(Rc::from(http::response(200, "application/json", &body)));
+        self.phase = Phase::Closing { deadline: now + millis(CLOSE_LINGER) };
     }
 
-    fn respond(
-        &mut self,
-        status: u16,
-        content_type: &str,
-        body: &str,
-        reason: Reason,
-        ctx: &Context,
-    ) -> Action {
-        self.queue
-            .push_unbounded(Rc::from(http::response(status, content_type, body)));
-        self.phase = Phase::Closing {
-            deadline: ctx.now + millis(CLOSE_LINGER),
-        };
+    fn respond(&mut self, status: u16, content_type: &str, body: &str, reason: Reason, ctx: &Context) -> Action {
+        self.queue.push_unbounded(Rc::from(http::response(status, content_type, body)));
+        self.phase = Phase::Closing { deadline: ctx.now + millis(CLOSE_LINGER) };
         Action::Closing(reason)
     }
 
     fn reject(&mut self, rejection: Rejection, ctx: &Context) -> Action {
-        self.queue
-            .push_unbounded(Rc::from(http::rejection_response(rejection)));
-        self.phase = Phase::Closing {
-            deadline: ctx.now + millis(CLOSE_LINGER),
-        };
+        self.queue.push_unbounded(Rc::from(http::rejection_response(rejection)));
+        self.phase = Phase::Closing { deadline: ctx.now + millis(CLOSE_LINGER) };
         Action::Closing(Reason::Rejected(rejection))
     }
 
     /// Queues a frame for this client within its bounds; a client whose queue
     /// is full is closed as a slow consumer instead.
     pub fn enqueue(&mut self, frame: SharedFrame, ctx: &Context) -> Action {
-        let limits = QueueLimits {
-            messages: ctx.config.queue_messages,
-            bytes: ctx.config.queue_bytes,
-        };
+        let limits = QueueLimits { messages: ctx.config.queue_messages, bytes: ctx.config.queue_bytes };
         let was_empty = self.queue.is_empty();
         match self.queue.push(frame, limits) {
             Ok(()) => {
@@ -363,12 +282,7 @@ impl Connection {
         // What is queued will not be read in time anyway; the close frame
         // goes right after whatever frame is half written.
         self.queue.discard_unstarted();
-        self.close(
-            CloseCode::Again,
-            "slow consumer",
-            Reason::SlowConsumer(overflow.describe()),
-            ctx,
-        )
+        self.close(CloseCode::Again, "slow consumer", Reason::SlowConsumer(overflow.describe()), ctx)
     }
 
     /// Starts the closing handshake with `code` after what is already queued.
@@ -378,9 +292,7 @@ impl Connection {
         }
         if self.is_open() {
             self.queue.push_unbounded(frame::encode_close(code, why));
-            self.phase = Phase::Closing {
-                deadline: ctx.now + millis(CLOSE_LINGER),
-            };
+            self.phase = Phase::Closing { deadline: ctx.now + millis(CLOSE_LINGER) };
             Action::Closing(reason)
         } else {
             Action::Drop(reason)
@@ -398,10 +310,7 @@ impl Connection {
     pub fn tick(&mut self, ctx: &Context) -> Action {
         let config = ctx.config;
         let now = ctx.now;
-        if !self.queue.is_empty()
-            && !self.is_closing()
-            && now >= self.last_progress + millis(config.write_timeout)
-        {
+        if !self.queue.is_empty() && !self.is_closing() && now >= self.last_progress + millis(config.write_timeout) {
             return self.drop_slow_stalled(ctx);
         }
         match &mut self.phase {
@@ -411,11 +320,7 @@ impl Connection {
                 }
             }
             Phase::Publishing => {}
-            Phase::Open {
-                last_heard,
-                ping_sent,
-                ..
-            } => {
+            Phase::Open { last_heard, ping_sent, .. } => {
                 let silent = now.saturating_sub(*last_heard);
                 if silent >= millis(config.idle_timeout) {
                     return Action::Drop(Reason::IdleTimeout);
@@ -437,12 +342,7 @@ impl Connection {
     fn drop_slow_stalled(&mut self, ctx: &Context) -> Action {
         if self.is_open() {
             self.queue.discard_unstarted();
-            self.close(
-                CloseCode::Again,
-                "slow consumer",
-                Reason::SlowConsumer("send queue stalled"),
-                ctx,
-            )
+            self.close(CloseCode::Again, "slow consumer", Reason::SlowConsumer("send queue stalled"), ctx)
         } else {
             Action::Drop(Reason::SlowConsumer("response stalled"))
         }
@@ -452,12 +352,7 @@ impl Connection {
     /// queue flushed and then close 1001; anything else is dropped.
     pub fn shut_down(&mut self, ctx: &Context) -> Action {
         match self.phase {
-            Phase::Open { .. } => self.close(
-                CloseCode::Away,
-                "server shutting down",
-                Reason::ShuttingDown,
-                ctx,
-            ),
+            Phase::Open { .. } => self.close(CloseCode::Away, "server shutting down", Reason::ShuttingDown, ctx),
             Phase::Closing { .. } => Action::Nothing,
             _ => Action::Drop(Reason::ShuttingDown),
         }
@@ -474,11 +369,7 @@ mod tests {
     use super::*;
 
     fn ctx(config: &Config, now: Millis) -> Context<'_> {
-        Context {
-            config,
-            now,
-            at_capacity: false,
-        }
+        Context { config, now, at_capacity: false }
     }
 
     /// Drains the queue into a byte vector, as a socket would.
@@ -519,11 +410,7 @@ mod tests {
         let actions = feed(&mut conn, &bytes, &ctx(&config, 0));
         assert!(matches!(&actions[0], Action::Subscribe(t) if t[0].as_str() == "x"));
         assert!(matches!(&actions[1], Action::Broadcast(f) if &f[..] == b"\x81\x02hi"));
-        assert!(
-            String::from_utf8(sent(&mut conn))
-                .unwrap()
-                .starts_with("HTTP/1.1 101 ")
-        );
+        assert!(String::from_utf8(sent(&mut conn)).unwrap().starts_with("HTTP/1.1 101 "));
     }
 
     #[test]
@@ -534,13 +421,7 @@ mod tests {
         for b in UPGRADE {
             actions.extend(feed(&mut conn, &[*b], &ctx(&config, 0)));
         }
-        assert_eq!(
-            actions
-                .iter()
-                .filter(|a| matches!(a, Action::Subscribe(_)))
-                .count(),
-            1
-        );
+        assert_eq!(actions.iter().filter(|a| matches!(a, Action::Subscribe(_))).count(), 1);
         assert!(conn.is_open());
     }
 
@@ -548,20 +429,10 @@ mod tests {
     fn at_capacity_gets_503() {
         let config = Config::default();
         let mut conn = Connection::new(0, true);
-        let c = Context {
-            at_capacity: true,
-            ..ctx(&config, 0)
-        };
+        let c = Context { at_capacity: true, ..ctx(&config, 0) };
         let actions = feed(&mut conn, UPGRADE, &c);
-        assert!(matches!(
-            actions[0],
-            Action::Closing(Reason::Rejected(Rejection { status: 503, .. }))
-        ));
-        assert!(
-            String::from_utf8(sent(&mut conn))
-                .unwrap()
-                .starts_with("HTTP/1.1 503 ")
-        );
+        assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 503, .. }))));
+        assert!(String::from_utf8(sent(&mut conn)).unwrap().starts_with("HTTP/1.1 503 "));
     }
 
     #[test]
@@ -573,57 +444,36 @@ mod tests {
         feed(&mut conn, &masked(0x89, b"yo"), &ctx(&config, 0));
         assert_eq!(sent(&mut conn), b"\x8a\x02yo");
         let actions = feed(&mut conn, &masked(0x88, &[0x03, 0xe9]), &ctx(&config, 0));
-        assert!(matches!(
-            actions[0],
-            Action::Closing(Reason::ClientClosed(Some(1001)))
-        ));
+        assert!(matches!(actions[0], Action::Closing(Reason::ClientClosed(Some(1001)))));
         assert_eq!(sent(&mut conn), b"\x88\x02\x03\xe9");
         assert!(conn.is_closing());
     }
 
     #[test]
     fn publish_body_split_and_token() {
-        let config = Config {
-            publish_token: Some("t0k".into()),
-            ..Config::default()
-        };
+        let config = Config { publish_token: Some("t0k".into()), ..Config::default() };
         let req = b"POST /publish/news HTTP/1.1\r\nAuthorization: Bearer t0k\r\nContent-Length: 5\r\n\r\nhello";
         let mut conn = Connection::new(0, false);
         let actions = feed(&mut conn, &req[..req.len() - 2], &ctx(&config, 0));
         assert!(actions.iter().all(|a| matches!(a, Action::Nothing)));
         let actions = feed(&mut conn, &req[req.len() - 2..], &ctx(&config, 0));
-        assert!(
-            matches!(&actions[0], Action::Publish(t, f) if t.as_str() == "news" && &f[..] == b"\x81\x05hello")
-        );
+        assert!(matches!(&actions[0], Action::Publish(t, f) if t.as_str() == "news" && &f[..] == b"\x81\x05hello"));
         conn.published(3, 0);
-        assert!(
-            String::from_utf8(sent(&mut conn))
-                .unwrap()
-                .ends_with("{\"receivers\": 3}\n")
-        );
+        assert!(String::from_utf8(sent(&mut conn)).unwrap().ends_with("{\"receivers\": 3}\n"));
 
         let wrong = b"POST /publish/news HTTP/1.1\r\nAuthorization: Bearer nope\r\nContent-Length: 5\r\n\r\nhello";
         let mut conn = Connection::new(0, true);
         let actions = feed(&mut conn, wrong, &ctx(&config, 0));
-        assert!(matches!(
-            actions[0],
-            Action::Closing(Reason::Rejected(Rejection { status: 401, .. }))
-        ));
+        assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 401, .. }))));
 
         let open = Config::default();
         let mut remote = Connection::new(0, false);
         let actions = feed(&mut remote, &req[..], &ctx(&open, 0));
-        assert!(matches!(
-            actions[0],
-            Action::Closing(Reason::Rejected(Rejection { status: 403, .. }))
-        ));
+        assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 403, .. }))));
         let big = b"POST /publish/news HTTP/1.1\r\nContent-Length: 70000\r\n\r\n";
         let mut local = Connection::new(0, true);
         let actions = feed(&mut local, big, &ctx(&open, 0));
-        assert!(matches!(
-            actions[0],
-            Action::Closing(Reason::Rejected(Rejection { status: 413, .. }))
-        ));
+        assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 413, .. }))));
     }
 
     #[test]
@@ -631,35 +481,22 @@ mod tests {
         let config = Config::default();
         let mut conn = Connection::new(0, true);
         assert!(matches!(conn.tick(&ctx(&config, 9_999)), Action::Nothing));
-        assert!(matches!(
-            conn.tick(&ctx(&config, 10_000)),
-            Action::Drop(Reason::HandshakeTimeout)
-        ));
+        assert!(matches!(conn.tick(&ctx(&config, 10_000)), Action::Drop(Reason::HandshakeTimeout)));
 
         let mut conn = Connection::new(0, true);
         feed(&mut conn, UPGRADE, &ctx(&config, 0));
         sent(&mut conn);
         assert!(matches!(conn.tick(&ctx(&config, 53_999)), Action::Nothing));
         assert!(matches!(conn.tick(&ctx(&config, 54_000)), Action::Nothing));
-        assert_eq!(
-            sent(&mut conn),
-            b"\x89\x00",
-            "one ping after --ping-interval"
-        );
+        assert_eq!(sent(&mut conn), b"\x89\x00", "one ping after --ping-interval");
         assert!(matches!(conn.tick(&ctx(&config, 55_000)), Action::Nothing));
         assert!(sent(&mut conn).is_empty(), "not a second ping");
-        assert!(matches!(
-            conn.tick(&ctx(&config, 60_000)),
-            Action::Drop(Reason::IdleTimeout)
-        ));
+        assert!(matches!(conn.tick(&ctx(&config, 60_000)), Action::Drop(Reason::IdleTimeout)));
     }
 
     #[test]
     fn full_queue_closes_1013() {
-        let config = Config {
-            queue_messages: 2,
-            ..Config::default()
-        };
+        let config = Config { queue_messages: 2, ..Config::default() };
         let mut conn = Connection::new(0, true);
         feed(&mut conn, UPGRADE, &ctx(&config, 0));
         sent(&mut conn);
@@ -667,10 +504,7 @@ mod tests {
         let f = frame::encode_message(MessageKind::Text, b"m");
         assert!(matches!(conn.enqueue(f.clone(), &c), Action::Nothing));
         assert!(matches!(conn.enqueue(f.clone(), &c), Action::Nothing));
-        assert!(matches!(
-            conn.enqueue(f, &c),
-            Action::Closing(Reason::SlowConsumer(_))
-        ));
+        assert!(matches!(conn.enqueue(f, &c), Action::Closing(Reason::SlowConsumer(_))));
         let out = sent(&mut conn);
         assert_eq!(&out[..2], b"\x88\x0f");
         assert_eq!(&out[2..4], &1013u16.to_be_bytes());

@@ -38,19 +38,10 @@ pub struct ProtocolError {
 
 impl ProtocolError {
     const fn protocol(reason: &'static str) -> Self {
-        ProtocolError {
-            code: CloseCode::Protocol,
-            reason,
-        }
+        ProtocolError { code: CloseCode::Protocol, reason }
     }
-    const INVALID_UTF8: Self = ProtocolError {
-        code: CloseCode::Invalid,
-        reason: "invalid UTF-8 in text",
-    };
-    const TOO_BIG: Self = ProtocolError {
-        code: CloseCode::Size,
-        reason: "message too big",
-    };
+    const INVALID_UTF8: Self = ProtocolError { code: CloseCode::Invalid, reason: "invalid UTF-8 in text" };
+    const TOO_BIG: Self = ProtocolError { code: CloseCode::Size, reason: "message too big" };
 }
 
 /// Kind of a complete data message.
@@ -133,11 +124,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// Decodes `input` (unmasking payload in place) until one event is
     /// complete or the input is used up.
-    pub fn decode<'a>(
-        &'a mut self,
-        input: &'a mut [u8],
-        max_message: usize,
-    ) -> Result<Decoded<'a>, ProtocolError> {
+    pub fn decode<'a>(&'a mut self, input: &'a mut [u8], max_message: usize) -> Result<Decoded<'a>, ProtocolError> {
         if self.release_control {
             self.release_control = false;
             self.control_buf = Vec::new();
@@ -157,18 +144,12 @@ impl FrameDecoder {
                 match self.read_header(&input[pos..], max_message)? {
                     Some(used) => pos += used,
                     None => {
-                        return Ok(Decoded {
-                            consumed: input.len(),
-                            event: None,
-                        });
+                        return Ok(Decoded { consumed: input.len(), event: None });
                     }
                 }
             }
-            let Some(frame) = self.frame.as_mut() else {
-                unreachable!("read_header returned Some without a frame")
-            };
-            let take =
-                (input.len() - pos).min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
+            let Some(frame) = self.frame.as_mut() else { unreachable!("read_header returned Some without a frame") };
+            let take = (input.len() - pos).min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
             let start = pos;
             pos += take;
             let chunk = &mut input[start..pos];
@@ -185,9 +166,7 @@ impl FrameDecoder {
             match kind {
                 FrameKind::Data => {
                     if self.message == Some(MessageKind::Text) {
-                        self.utf8
-                            .feed(chunk)
-                            .map_err(|_| ProtocolError::INVALID_UTF8)?;
+                        self.utf8.feed(chunk).map_err(|_| ProtocolError::INVALID_UTF8)?;
                     }
                     let whole_message_here = whole_frame_here && fin && self.message_buf.is_empty();
                     if !whole_message_here {
@@ -195,10 +174,7 @@ impl FrameDecoder {
                     }
                     if !(done && fin) {
                         if pos == input.len() {
-                            return Ok(Decoded {
-                                consumed: pos,
-                                event: None,
-                            });
+                            return Ok(Decoded { consumed: pos, event: None });
                         }
                         continue;
                     }
@@ -209,20 +185,14 @@ impl FrameDecoder {
                         self.release_message = true;
                         &self.message_buf
                     };
-                    return Ok(Decoded {
-                        consumed: pos,
-                        event: Some(Event::Message(kind, payload)),
-                    });
+                    return Ok(Decoded { consumed: pos, event: Some(Event::Message(kind, payload)) });
                 }
                 FrameKind::Control(control) => {
                     if !whole_frame_here {
                         self.control_buf.extend_from_slice(chunk);
                     }
                     if !done {
-                        return Ok(Decoded {
-                            consumed: pos,
-                            event: None,
-                        });
+                        return Ok(Decoded { consumed: pos, event: None });
                     }
                     let payload: &'a [u8] = if whole_frame_here {
                         &({ input })[start..pos]
@@ -231,10 +201,7 @@ impl FrameDecoder {
                         &self.control_buf
                     };
                     let event = control_event(control, payload)?;
-                    return Ok(Decoded {
-                        consumed: pos,
-                        event: Some(event),
-                    });
+                    return Ok(Decoded { consumed: pos, event: Some(event) });
                 }
             }
         }
@@ -248,21 +215,22 @@ impl FrameDecoder {
     /// Reads a frame header from the saved partial header plus `input` and
     /// applies the header rules. Returns the input bytes used, or `None` when
     /// the header is still incomplete (all input was saved).
-    fn read_header(
-        &mut self,
-        input: &[u8],
-        max_message: usize,
-    ) -> Result<Option<usize>, ProtocolError> {
+    fn read_header(&mut self, input: &[u8], max_message: usize) -> Result<Option<usize>, ProtocolError> {
         let have = usize::from(self.head_len);
         let take = input.len().min(MAX_HEADER - have);
         let mut head = self.head;
         head[have..have + take].copy_from_slice(&input[..take]);
-        let mut cursor = Cursor::new(&head[..have + take]);
-        let parsed = FrameHeader::parse(&mut cursor)
-            .map_err(|_| ProtocolError::protocol("reserved opcode"))?;
+        let head = &head[..have + take];
+        // Judge the first two bytes as soon as they arrive: a bad opcode
+        // should not wait for a length field that may never come.
+        if let Some(&first) = head.first() {
+            self.check_header_start(first, head.get(1).copied())?;
+        }
+        let mut cursor = Cursor::new(head);
+        let parsed = FrameHeader::parse(&mut cursor).map_err(|_| ProtocolError::protocol("reserved opcode"))?;
         let Some((header, len)) = parsed else {
-            self.head = head;
-            self.head_len = (have + take) as u8;
+            self.head[..head.len()].copy_from_slice(head);
+            self.head_len = head.len() as u8;
             return Ok(None);
         };
         let used = cursor.position() as usize - have;
@@ -271,40 +239,49 @@ impl FrameDecoder {
         Ok(Some(used))
     }
 
-    fn start_frame(
-        &mut self,
-        header: FrameHeader,
-        len: u64,
-        max_message: usize,
-    ) -> Result<(), ProtocolError> {
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+    /// The rules of §5.2, §5.4 and §5.5 that the first two header bytes
+    /// decide: no extensions so no RSV bits, known opcodes, masked, control
+    /// frames final and short, continuations only inside a message.
+    fn check_header_start(&self, first: u8, second: Option<u8>) -> Result<(), ProtocolError> {
+        if first & 0x70 != 0 {
             return Err(ProtocolError::protocol("RSV bit set without an extension"));
         }
+        let fin = first & 0x80 != 0;
+        match OpCode::from(first & 0x0f) {
+            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+                return Err(ProtocolError::protocol("reserved opcode"));
+            }
+            OpCode::Control(_) if !fin => {
+                return Err(ProtocolError::protocol("fragmented control frame"));
+            }
+            OpCode::Control(_) if second.is_some_and(|b| u64::from(b & 0x7f) > MAX_CONTROL_PAYLOAD) => {
+                return Err(ProtocolError::protocol("control frame over 125 bytes"));
+            }
+            OpCode::Data(Data::Continue) if self.message.is_none() => {
+                return Err(ProtocolError::protocol("continuation without a message"));
+            }
+            OpCode::Data(Data::Text | Data::Binary) if self.message.is_some() => {
+                return Err(ProtocolError::protocol("new message inside a fragmented message"));
+            }
+            _ => {}
+        }
+        if second.is_some_and(|b| b & 0x80 == 0) {
+            return Err(ProtocolError::protocol("client frame not masked"));
+        }
+        Ok(())
+    }
+
+    /// Starts receiving a frame whose header passed `check_header_start`.
+    fn start_frame(&mut self, header: FrameHeader, len: u64, max_message: usize) -> Result<(), ProtocolError> {
         let Some(mask) = header.mask else {
             return Err(ProtocolError::protocol("client frame not masked"));
         };
         let kind = match header.opcode {
-            OpCode::Control(control) => {
-                if !header.is_final {
-                    return Err(ProtocolError::protocol("fragmented control frame"));
-                }
-                if len > MAX_CONTROL_PAYLOAD {
-                    return Err(ProtocolError::protocol("control frame over 125 bytes"));
-                }
-                FrameKind::Control(control)
-            }
+            OpCode::Control(control) => FrameKind::Control(control),
             OpCode::Data(data) => {
-                let message_len = match (data, self.message) {
-                    (Data::Continue, None) => {
-                        return Err(ProtocolError::protocol("continuation without a message"));
-                    }
-                    (Data::Continue, Some(_)) => self.message_len.saturating_add(len),
-                    (_, Some(_)) => {
-                        return Err(ProtocolError::protocol(
-                            "new message inside a fragmented message",
-                        ));
-                    }
-                    (_, None) => len,
+                let message_len = match data {
+                    Data::Continue => self.message_len.saturating_add(len),
+                    _ => len,
                 };
                 if message_len > max_message as u64 {
                     return Err(ProtocolError::TOO_BIG);
@@ -312,27 +289,18 @@ impl FrameDecoder {
                 match data {
                     Data::Text => self.message = Some(MessageKind::Text),
                     Data::Binary => self.message = Some(MessageKind::Binary),
-                    Data::Continue => {}
-                    // FrameHeader::parse already refused reserved opcodes.
-                    Data::Reserved(_) => return Err(ProtocolError::protocol("reserved opcode")),
+                    _ => {}
                 }
                 self.message_len = message_len;
-                if message_len > self.message_buf.len() as u64 && !header.is_final {
+                if !header.is_final {
                     // Fragmented: reserve for what is declared, within reason.
                     let wanted = (message_len as usize).min(1 << 20);
-                    self.message_buf
-                        .reserve(wanted.saturating_sub(self.message_buf.len()));
+                    self.message_buf.reserve(wanted.saturating_sub(self.message_buf.len()));
                 }
                 FrameKind::Data
             }
         };
-        self.frame = Some(FrameState {
-            kind,
-            fin: header.is_final,
-            mask,
-            remaining: len,
-            received: 0,
-        });
+        self.frame = Some(FrameState { kind, fin: header.is_final, mask, remaining: len, received: 0 });
         Ok(())
     }
 
@@ -340,9 +308,7 @@ impl FrameDecoder {
         let kind = self.message.take().unwrap_or(MessageKind::Binary);
         self.message_len = 0;
         if kind == MessageKind::Text {
-            self.utf8
-                .finish()
-                .map_err(|_| ProtocolError::INVALID_UTF8)?;
+            self.utf8.finish().map_err(|_| ProtocolError::INVALID_UTF8)?;
         }
         Ok(kind)
     }
@@ -360,10 +326,7 @@ fn control_event(control: Control, payload: &[u8]) -> Result<Event<'_>, Protocol
 /// RFC 6455 §5.5.1 and §7.4: an empty close, or a valid code and UTF-8 reason.
 fn parse_close(payload: &[u8]) -> Result<Event<'_>, ProtocolError> {
     match payload {
-        [] => Ok(Event::Close {
-            code: None,
-            reason: "",
-        }),
+        [] => Ok(Event::Close { code: None, reason: "" }),
         [_] => Err(ProtocolError::protocol("close payload of one byte")),
         [hi, lo, reason @ ..] => {
             let code = u16::from_be_bytes([*hi, *lo]);
@@ -371,10 +334,7 @@ fn parse_close(payload: &[u8]) -> Result<Event<'_>, ProtocolError> {
                 return Err(ProtocolError::protocol("invalid close code"));
             }
             let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::INVALID_UTF8)?;
-            Ok(Event::Close {
-                code: Some(code),
-                reason,
-            })
+            Ok(Event::Close { code: Some(code), reason })
         }
     }
 }
@@ -401,20 +361,11 @@ fn unmask(data: &mut [u8], mask: [u8; 4], offset: u64) {
 
 /// Builds one complete, unmasked server frame in a single allocation.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
-    let header = FrameHeader {
-        is_final: true,
-        rsv1: false,
-        rsv2: false,
-        rsv3: false,
-        opcode,
-        mask: None,
-    };
+    let header = FrameHeader { is_final: true, rsv1: false, rsv2: false, rsv3: false, opcode, mask: None };
     let len = payload.len() as u64;
     let head_len = header.len(len);
     let mut frame: Rc<[u8]> = std::iter::repeat_n(0u8, head_len + payload.len()).collect();
-    let Some(bytes) = Rc::get_mut(&mut frame) else {
-        unreachable!("a new Rc has no other owner")
-    };
+    let Some(bytes) = Rc::get_mut(&mut frame) else { unreachable!("a new Rc has no other owner") };
     let (head, body) = bytes.split_at_mut(head_len);
     // Writing a header into a slice of exactly its length cannot fail.
     let _ = header.format(len, &mut Cursor::new(head));
@@ -536,13 +487,7 @@ mod tests {
         let mut stream = client_frame(0x82, &medium);
         stream.extend(client_frame(0x82, &large));
         let events = run(&[&stream]).unwrap();
-        assert_eq!(
-            events,
-            [
-                Owned::Message(MessageKind::Binary, medium),
-                Owned::Message(MessageKind::Binary, large)
-            ]
-        );
+        assert_eq!(events, [Owned::Message(MessageKind::Binary, medium), Owned::Message(MessageKind::Binary, large)]);
         // and split mid-way through the 16-bit length field
         let events = run(&[&stream[..3], &stream[3..]]).unwrap();
         assert_eq!(events.len(), 2);
@@ -557,10 +502,7 @@ mod tests {
         let events = run_every_split(&stream).unwrap();
         assert_eq!(
             events,
-            [
-                Owned::Ping(b"p".to_vec()),
-                Owned::Message(MessageKind::Text, "fragmented €".as_bytes().to_vec()),
-            ]
+            [Owned::Ping(b"p".to_vec()), Owned::Message(MessageKind::Text, "fragmented €".as_bytes().to_vec()),]
         );
     }
 
@@ -570,18 +512,8 @@ mod tests {
         stream.extend(client_frame(0x8a, b"pong"));
         stream.extend(client_frame(0x88, &[0x03, 0xe8, b'b', b'y', b'e']));
         let events = run_every_split(&stream).unwrap();
-        assert_eq!(
-            events,
-            [
-                Owned::Ping(b"ping!".to_vec()),
-                Owned::Pong,
-                Owned::Close(Some(1000), "bye".into())
-            ]
-        );
-        assert_eq!(
-            run(&[&client_frame(0x88, &[])]).unwrap(),
-            [Owned::Close(None, String::new())]
-        );
+        assert_eq!(events, [Owned::Ping(b"ping!".to_vec()), Owned::Pong, Owned::Close(Some(1000), "bye".into())]);
+        assert_eq!(run(&[&client_frame(0x88, &[])]).unwrap(), [Owned::Close(None, String::new())]);
     }
 
     fn error_of(stream: &[u8]) -> ProtocolError {
@@ -604,10 +536,7 @@ mod tests {
             ("fragmented ping", client_frame(0x09, b"")),
             ("ping over 125", client_frame(0x89, &[0; 126])),
             ("continuation first", client_frame(0x80, b"x")),
-            (
-                "new message in fragments",
-                [client_frame(0x01, b"a"), client_frame(0x81, b"b")].concat(),
-            ),
+            ("new message in fragments", [client_frame(0x01, b"a"), client_frame(0x81, b"b")].concat()),
             ("one-byte close", client_frame(0x88, &[3])),
             ("close code 1005", client_frame(0x88, &[0x03, 0xed])),
             ("close code 999", client_frame(0x88, &[0x03, 0xe7])),
@@ -620,14 +549,8 @@ mod tests {
 
     #[test]
     fn invalid_utf8_closes_1007() {
-        assert_eq!(
-            error_of(&client_frame(0x81, b"\xff")).code,
-            CloseCode::Invalid
-        );
-        assert_eq!(
-            error_of(&client_frame(0x88, b"\x03\xe8\xff")).code,
-            CloseCode::Invalid
-        );
+        assert_eq!(error_of(&client_frame(0x81, b"\xff")).code, CloseCode::Invalid);
+        assert_eq!(error_of(&client_frame(0x88, b"\x03\xe8\xff")).code, CloseCode::Invalid);
         // a message that ends inside a code point, over two fragments
         let stream = [client_frame(0x01, b"ok"), client_frame(0x80, b"\xe2\x82")].concat();
         assert_eq!(error_of(&stream).code, CloseCode::Invalid);
@@ -641,10 +564,7 @@ mod tests {
         let mut head = stream[..bad_at - 1].to_vec();
         assert!(decoder.decode(&mut head, MAX).is_ok());
         let mut next = stream[bad_at - 1..bad_at].to_vec();
-        assert_eq!(
-            decoder.decode(&mut next, MAX).unwrap_err().code,
-            CloseCode::Invalid
-        );
+        assert_eq!(decoder.decode(&mut next, MAX).unwrap_err().code, CloseCode::Invalid);
     }
 
     #[test]
@@ -652,22 +572,13 @@ mod tests {
         let mut decoder = FrameDecoder::default();
         // header only: declares 2000 bytes against a 1000-byte limit
         let mut head = client_frame(0x82, &[0; 2000])[..8].to_vec();
-        assert_eq!(
-            decoder.decode(&mut head, 1000).unwrap_err().code,
-            CloseCode::Size
-        );
+        assert_eq!(decoder.decode(&mut head, 1000).unwrap_err().code, CloseCode::Size);
         // fragments that add up past the limit
         let mut first = client_frame(0x02, &[0; 600]);
         let mut second = client_frame(0x80, &[0; 600]);
         let mut decoder = FrameDecoder::default();
-        assert_eq!(
-            decoder.decode(&mut first, 1000).unwrap().consumed,
-            first.len()
-        );
-        assert_eq!(
-            decoder.decode(&mut second[..8], 1000).unwrap_err().code,
-            CloseCode::Size
-        );
+        assert_eq!(decoder.decode(&mut first, 1000).unwrap().consumed, first.len());
+        assert_eq!(decoder.decode(&mut second[..8], 1000).unwrap_err().code, CloseCode::Size);
     }
 
     #[test]
@@ -691,11 +602,7 @@ mod tests {
     fn unmask_at_any_offset() {
         let mask = [1, 2, 3, 4];
         let original: Vec<u8> = (0..23).collect();
-        let masked: Vec<u8> = original
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ mask[i % 4])
-            .collect();
+        let masked: Vec<u8> = original.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
         for split in 0..original.len() {
             let mut data = masked.clone();
             let (a, b) = data.split_at_mut(split);

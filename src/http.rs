@@ -19,10 +19,7 @@ pub const MAX_HEADERS: usize = 64;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
     /// A valid WebSocket upgrade on `/ws`.
-    Upgrade {
-        accept_key: String,
-        topics: Vec<Topic>,
-    },
+    Upgrade { accept_key: String, topics: Vec<Topic> },
     /// `GET /healthz`.
     Health,
     /// `POST /publish/<topic>`, body not read yet.
@@ -109,10 +106,7 @@ struct Headers<'h, 'b>(&'h [httparse::Header<'b>]);
 
 impl Headers<'_, '_> {
     fn all<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'s [u8]> + 's {
-        self.0
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
+        self.0.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
     }
 
     /// The value of a header that must appear at most once.
@@ -147,10 +141,7 @@ fn upgrade(headers: &Headers, query: Option<&str>) -> Result<Request, Rejection>
     let key = match headers.single("sec-websocket-key")? {
         Some(key) if is_valid_key(key.trim_ascii()) => key.trim_ascii(),
         _ => {
-            return Err(reject(
-                400,
-                "Sec-WebSocket-Key missing or not 16 bytes of base64",
-            ));
+            return Err(reject(400, "Sec-WebSocket-Key missing or not 16 bytes of base64"));
         }
     };
     let topics = topics_from_query(query).map_err(|_| reject(400, "bad topic in query"))?;
@@ -173,10 +164,7 @@ fn is_valid_key(key: &[u8]) -> bool {
 
 fn publish(headers: &Headers, topic: &str) -> Result<PublishHead, Rejection> {
     if headers.single("transfer-encoding")?.is_some() {
-        return Err(reject(
-            411,
-            "publish needs Content-Length, not Transfer-Encoding",
-        ));
+        return Err(reject(411, "publish needs Content-Length, not Transfer-Encoding"));
     }
     let content_length = match headers.single("content-length")? {
         None => return Err(reject(411, "publish needs Content-Length")),
@@ -191,21 +179,11 @@ fn publish(headers: &Headers, topic: &str) -> Result<PublishHead, Rejection> {
         .and_then(|v| v.trim().strip_prefix("Bearer "))
         .map(|t| t.trim().to_string());
     let octet_stream = headers.single("content-type")?.is_some_and(|v| {
-        v.split(|&b| b == b';').next().is_some_and(|t| {
-            t.trim_ascii()
-                .eq_ignore_ascii_case(b"application/octet-stream")
-        })
+        v.split(|&b| b == b';').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"application/octet-stream"))
     });
-    let expect_continue = headers
-        .single("expect")?
-        .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
-    Ok(PublishHead {
-        topic: Topic::new(topic),
-        content_length,
-        bearer,
-        octet_stream,
-        expect_continue,
-    })
+    let expect_continue =
+        headers.single("expect")?.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    Ok(PublishHead { topic: Topic::new(topic), content_length, bearer, octet_stream, expect_continue })
 }
 
 /// `101 Switching Protocols` for an accepted upgrade.
@@ -284,9 +262,7 @@ mod tests {
         let req = upgrade_request("");
         let (request, len) = parse_request(req.as_bytes()).unwrap().unwrap();
         assert_eq!(len, req.len());
-        let Request::Upgrade { accept_key, topics } = request else {
-            panic!("not an upgrade")
-        };
+        let Request::Upgrade { accept_key, topics } = request else { panic!("not an upgrade") };
         assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(topics, [Topic::new("all").unwrap()]);
     }
@@ -297,10 +273,7 @@ mod tests {
         let bytes = req.as_bytes();
         for i in 0..bytes.len() {
             assert_eq!(parse_request(&bytes[..i]), Ok(None), "prefix of {i} bytes");
-            assert!(
-                !head_complete(&bytes[..i], i.saturating_sub(1)),
-                "prefix {i}"
-            );
+            assert!(!head_complete(&bytes[..i], i.saturating_sub(1)), "prefix {i}");
         }
         assert!(head_complete(bytes, bytes.len() - 1));
         assert!(parse_request(bytes).unwrap().is_some());
@@ -309,8 +282,7 @@ mod tests {
     #[test]
     fn tokens_are_case_insensitive_comma_lists() {
         let req = "GET /ws?topic=a&topic=b HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, UPGRADE\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
-        let Some((Request::Upgrade { topics, .. }, _)) = parse_request(req.as_bytes()).unwrap()
-        else {
+        let Some((Request::Upgrade { topics, .. }, _)) = parse_request(req.as_bytes()).unwrap() else {
             panic!("not an upgrade")
         };
         assert_eq!(topics.len(), 2);
@@ -324,44 +296,24 @@ mod tests {
         assert_eq!(status_of(&base.replace("GET", "POST")), 405);
         assert_eq!(status_of(&base.replace("/ws", "/nope")), 404);
         assert_eq!(status_of(&base.replace("Upgrade: websocket\r\n", "")), 400);
-        assert_eq!(
-            status_of(&base.replace("Connection: Upgrade", "Connection: keep-alive")),
-            400
-        );
+        assert_eq!(status_of(&base.replace("Connection: Upgrade", "Connection: keep-alive")), 400);
         assert_eq!(status_of(&base.replace(KEY, "")), 400);
         assert_eq!(status_of(&base.replace(KEY, "c2hvcnQ=")), 400);
-        assert_eq!(
-            status_of(&base.replace(KEY, "dGhlIHNhbXBsZSBub25jZR==")),
-            400
-        );
+        assert_eq!(status_of(&base.replace(KEY, "dGhlIHNhbXBsZSBub25jZR==")), 400);
         assert_eq!(status_of(&base.replace("Version: 13", "Version: 8")), 426);
-        assert_eq!(
-            status_of(&base.replace("Sec-WebSocket-Version: 13\r\n", "")),
-            426
-        );
+        assert_eq!(status_of(&base.replace("Sec-WebSocket-Version: 13\r\n", "")), 426);
         assert_eq!(status_of(&base.replace("/ws", "/ws?topic=bad%20name")), 400);
         let many: String = (0..65).map(|i| format!("X-{i}: y\r\n")).collect();
         assert_eq!(status_of(&upgrade_request(&many)), 431);
         let big = format!("X-Big: {}\r\n", "a".repeat(MAX_HEAD_BYTES));
-        assert_eq!(
-            parse_request(&upgrade_request(&big).as_bytes()[..MAX_HEAD_BYTES])
-                .unwrap_err()
-                .status,
-            431
-        );
+        assert_eq!(parse_request(&upgrade_request(&big).as_bytes()[..MAX_HEAD_BYTES]).unwrap_err().status, 431);
         let dup = upgrade_request(&format!("Sec-WebSocket-Key: {KEY}\r\n"));
         assert_eq!(status_of(&dup), 400);
     }
 
     #[test]
     fn health_and_publish_routes() {
-        assert_eq!(
-            parse_request(b"GET /healthz HTTP/1.1\r\n\r\n")
-                .unwrap()
-                .unwrap()
-                .0,
-            Request::Health
-        );
+        assert_eq!(parse_request(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap().unwrap().0, Request::Health);
         let req = "POST /publish/news HTTP/1.1\r\nContent-Length: 5\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/octet-stream\r\nExpect: 100-continue\r\n\r\nhello";
         let (Request::Publish(head), len) = parse_request(req.as_bytes()).unwrap().unwrap() else {
             panic!("not a publish")
@@ -374,19 +326,13 @@ mod tests {
         assert_eq!(status_of("GET /publish/news HTTP/1.1\r\n\r\n"), 405);
         assert_eq!(status_of("POST /publish/news HTTP/1.1\r\n\r\n"), 411);
         let bad_topic = "POST /publish/a%20b HTTP/1.1\r\nContent-Length: 1\r\n\r\n";
-        let Some((Request::Publish(head), _)) = parse_request(bad_topic.as_bytes()).unwrap() else {
-            panic!()
-        };
+        let Some((Request::Publish(head), _)) = parse_request(bad_topic.as_bytes()).unwrap() else { panic!() };
         assert!(head.topic.is_err());
     }
 
     #[test]
     fn responses() {
-        let r = String::from_utf8(rejection_response(Rejection {
-            status: 426,
-            reason: "v",
-        }))
-        .unwrap();
+        let r = String::from_utf8(rejection_response(Rejection { status: 426, reason: "v" })).unwrap();
         assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(r.ends_with("\r\n\r\nv\n"));

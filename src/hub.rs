@@ -47,28 +47,19 @@ impl Hub {
             self.memberships.resize_with(client + 1, Vec::new);
             self.stamps.resize(client + 1, 0);
         }
-        debug_assert!(
-            self.memberships[client].is_empty(),
-            "client {client} subscribed twice"
-        );
+        debug_assert!(self.memberships[client].is_empty(), "client {client} subscribed twice");
         let mut joined = Vec::with_capacity(topics.len());
         for topic in topics {
             let index = match self.by_name.get(topic) {
                 Some(&index) => index,
                 None => {
-                    let index = self.topics.insert(TopicEntry {
-                        name: topic.clone(),
-                        subscribers: Vec::new(),
-                    }) as u32;
+                    let index = self.topics.insert(TopicEntry { name: topic.clone(), subscribers: Vec::new() }) as u32;
                     self.by_name.insert(topic.clone(), index);
                     index
                 }
             };
             let subscribers = &mut self.topics[index as usize].subscribers;
-            joined.push(Membership {
-                topic: index,
-                position: subscribers.len() as u32,
-            });
+            joined.push(Membership { topic: index, position: subscribers.len() as u32 });
             subscribers.push(client as u32);
         }
         self.memberships[client] = joined;
@@ -84,10 +75,7 @@ impl Hub {
             entry.subscribers.swap_remove(position as usize);
             if let Some(&moved) = entry.subscribers.get(position as usize) {
                 // The last subscriber now sits where we were: tell it.
-                if let Some(m) = self.memberships[moved as usize]
-                    .iter_mut()
-                    .find(|m| m.topic == topic)
-                {
+                if let Some(m) = self.memberships[moved as usize].iter_mut().find(|m| m.topic == topic) {
                     m.position = position;
                 }
             }
@@ -168,21 +156,11 @@ mod tests {
         assert_eq!(peers(&mut hub, 0), [0, 2]);
         assert_eq!(peers(&mut hub, 1), [1, 2]);
         assert_eq!(peers(&mut hub, 2), [0, 1, 2]);
-        assert_eq!(
-            peers(&mut hub, 2),
-            [0, 1, 2],
-            "a second broadcast reaches everyone again"
-        );
+        assert_eq!(peers(&mut hub, 2), [0, 1, 2], "a second broadcast reaches everyone again");
         assert_eq!(peers(&mut hub, 3), [3]);
         let mut n = Vec::new();
-        assert_eq!(
-            hub.for_each_subscriber(&Topic::new("b").unwrap(), |c| n.push(c)),
-            2
-        );
-        assert_eq!(
-            hub.for_each_subscriber(&Topic::new("zzz").unwrap(), |_| {}),
-            0
-        );
+        assert_eq!(hub.for_each_subscriber(&Topic::new("b").unwrap(), |c| n.push(c)), 2);
+        assert_eq!(hub.for_each_subscriber(&Topic::new("zzz").unwrap(), |_| {}), 0);
     }
 
     #[test]

@@ -21,11 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .with_utc_timestamps()
-        .init()
-    {
+    if let Err(e) = simple_logger::SimpleLogger::new().with_level(config.log_level).with_utc_timestamps().init() {
         eprintln!("wshub: cannot start logging: {e}");
         return ExitCode::FAILURE;
     }

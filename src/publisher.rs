@@ -87,20 +87,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(waker: mio::Waker, capacity: usize, max_message: usize) -> Arc<Shared> {
-        Arc::new(Shared {
-            inbox: Mutex::new(Inbox::default()),
-            waker,
-            capacity,
-            max_message,
-        })
+        Arc::new(Shared { inbox: Mutex::new(Inbox::default()), waker, capacity, max_message })
     }
 
     /// A panic elsewhere while holding the lock cannot leave the queue in a
     /// broken state (it is only pushed and drained), so poisoning is ignored.
     pub fn lock(&self) -> MutexGuard<'_, Inbox> {
-        self.inbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -122,10 +122,7 @@ impl SendQueue {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Written {
-                        bytes: total,
-                        drained: false,
-                    });
+                    return Ok(Written { bytes: total, drained: false });
                 }
                 Err(e) => return Err(e),
             }
@@ -133,10 +130,7 @@ impl SendQueue {
         if self.frames.capacity() > KEEP_CAPACITY {
             self.frames = VecDeque::new();
         }
-        Ok(Written {
-            bytes: total,
-            drained: true,
-        })
+        Ok(Written { bytes: total, drained: true })
     }
 
     fn advance(&mut self, mut n: usize) {
@@ -162,10 +156,7 @@ mod tests {
     use super::*;
     use std::rc::Rc;
 
-    const LIMITS: QueueLimits = QueueLimits {
-        messages: 4,
-        bytes: 100,
-    };
+    const LIMITS: QueueLimits = QueueLimits { messages: 4, bytes: 100 };
 
     fn frame(bytes: &[u8]) -> SharedFrame {
         Rc::from(bytes)
@@ -223,20 +214,9 @@ mod tests {
             let mut q = SendQueue::default();
             let frames: [&[u8]; 3] = [b"hello", b"", b"world!!"];
             for f in frames {
-                q.push(
-                    frame(f),
-                    QueueLimits {
-                        messages: 10,
-                        bytes: 100,
-                    },
-                )
-                .unwrap();
+                q.push(frame(f), QueueLimits { messages: 10, bytes: 100 }).unwrap();
             }
-            let mut w = Trickle {
-                out: Vec::new(),
-                budget,
-                calls: 0,
-            };
+            let mut w = Trickle { out: Vec::new(), budget, calls: 0 };
             let mut rounds = 0;
             while !q.write_to(&mut w).unwrap().drained {
                 rounds += 1;
@@ -253,11 +233,7 @@ mod tests {
         for f in [b"aaaa", b"bbbb", b"cccc"] {
             q.push(frame(f), LIMITS).unwrap();
         }
-        let mut w = Trickle {
-            out: Vec::new(),
-            budget: 2,
-            calls: 0,
-        };
+        let mut w = Trickle { out: Vec::new(), budget: 2, calls: 0 };
         q.write_to(&mut w).unwrap();
         q.discard_unstarted();
         assert_eq!((q.len(), q.pending_bytes()), (1, 2));

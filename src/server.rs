@@ -44,12 +44,23 @@ struct Client {
     subscribed: bool,
 }
 
-/// A bound hub, ready to [`run`](Server::run).
+/// A bound hub, ready to [`run`](Server::run). It holds no connection state
+/// yet, so it can be moved to the thread that will run it.
 pub struct Server {
     config: Config,
     poll: Poll,
-    listener: Option<TcpListener>,
+    listener: TcpListener,
     local_addr: SocketAddr,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    shared: Arc<Shared>,
+}
+
+/// The running loop. Its frames are `Rc`s (no atomic reference counting on
+/// the hot path), so it lives and dies on the thread that called `run`.
+struct EventLoop {
+    config: Config,
+    poll: Poll,
+    listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     shared: Arc<Shared>,
     clients: Slab<Client>,
@@ -71,32 +82,42 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket and prepares the loop; nothing runs yet.
     pub fn bind(config: Config) -> io::Result<Server> {
-        config
-            .validate()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let signals = if config.handle_signals {
             use signal_hook_mio::v1_0::Signals;
-            let mut signals =
-                Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
-            poll.registry()
-                .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            let mut signals = Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+            poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
         } else {
             None
         };
         let shared = Shared::new(waker, config.publisher_queue, config.max_message_size);
-        Ok(Server {
-            poll,
-            listener: Some(listener),
-            local_addr,
-            signals,
-            shared,
+        Ok(Server { config, poll, listener, local_addr, signals, shared })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for publishing and shutting down from other threads.
+    pub fn publisher(&self) -> Publisher {
+        Publisher { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Runs the loop on the calling thread until a graceful shutdown ends.
+    pub fn run(self) -> io::Result<()> {
+        info!("wshub {} listening on ws://{}/ws", env!("CARGO_PKG_VERSION"), self.local_addr);
+        let mut event_loop = EventLoop {
+            poll: self.poll,
+            listener: Some(self.listener),
+            signals: self.signals,
+            shared: self.shared,
             clients: Slab::new(),
             hub: Hub::default(),
             ws_clients: 0,
@@ -108,31 +129,10 @@ impl Server {
             now: 0,
             accept_paused_until: None,
             shutdown_deadline: None,
-            config,
-        })
-    }
-
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// A handle for publishing and shutting down from other threads.
-    pub fn publisher(&self) -> Publisher {
-        Publisher {
-            shared: Arc::clone(&self.shared),
-        }
-    }
-
-    /// Runs the loop on the calling thread until a graceful shutdown ends.
-    pub fn run(mut self) -> io::Result<()> {
-        info!(
-            "wshub {} listening on ws://{}/ws",
-            env!("CARGO_PKG_VERSION"),
-            self.local_addr
-        );
-        let result = self.run_loop();
-        let mut inbox = self.shared.lock();
+            config: self.config,
+        };
+        let result = event_loop.run();
+        let mut inbox = event_loop.shared.lock();
         inbox.closed = true;
         inbox.messages.clear();
         drop(inbox);
@@ -142,8 +142,10 @@ impl Server {
         }
         result
     }
+}
 
-    fn run_loop(&mut self) -> io::Result<()> {
+impl EventLoop {
+    fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let tick = tick_interval(&self.config);
         let mut next_tick = tick;
@@ -195,10 +197,7 @@ impl Server {
                     return Ok(());
                 }
                 if self.now >= deadline {
-                    info!(
-                        "shutdown timeout: dropping {} connection(s) still open",
-                        self.clients.len()
-                    );
+                    info!("shutdown timeout: dropping {} connection(s) still open", self.clients.len());
                     return Ok(());
                 }
             }
@@ -221,21 +220,12 @@ impl Server {
                         debug!("{addr}: TCP_NODELAY: {e}");
                     }
                     let interest = Interest::READABLE | Interest::WRITABLE;
-                    if let Err(e) = self
-                        .poll
-                        .registry()
-                        .register(&mut stream, Token(key), interest)
-                    {
+                    if let Err(e) = self.poll.registry().register(&mut stream, Token(key), interest) {
                         warn!("{addr}: cannot register connection: {e}");
                         continue;
                     }
                     let conn = Connection::new(self.now, addr.ip().is_loopback());
-                    entry.insert(Client {
-                        stream,
-                        conn,
-                        dirty: false,
-                        subscribed: false,
-                    });
+                    entry.insert(Client { stream, conn, dirty: false, subscribed: false });
                     debug!("{addr}: connected");
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -244,8 +234,7 @@ impl Server {
                     // The pending connection stays in the backlog; retrying at
                     // once would spin. Try again shortly.
                     warn!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
-                    self.accept_paused_until =
-                        Some(self.now + ACCEPT_BACKOFF.as_millis() as Millis);
+                    self.accept_paused_until = Some(self.now + ACCEPT_BACKOFF.as_millis() as Millis);
                     return;
                 }
                 Err(e) => debug!("accept: {e}"),
@@ -260,11 +249,7 @@ impl Server {
             };
             match client.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    let reason = if client.conn.is_closing() {
-                        "closed"
-                    } else {
-                        "peer went away"
-                    };
+                    let reason = if client.conn.is_closing() { "closed" } else { "peer went away" };
                     debug!("{}: {reason}", peer(&client.stream));
                     self.remove(key);
                     return;
@@ -291,10 +276,7 @@ impl Server {
         let mut pos = 0;
         while pos < n {
             let at_capacity = self.ws_clients >= self.config.max_connections;
-            let ctx = Context {
-                at_capacity,
-                ..context(&self.config, self.now)
-            };
+            let ctx = Context { at_capacity, ..context(&self.config, self.now) };
             let Some(client) = self.clients.get_mut(key) else {
                 return;
             };
@@ -321,10 +303,7 @@ impl Server {
                 let receivers = self.publish(&topic, frame);
                 if let Some(client) = self.clients.get_mut(key) {
                     client.conn.published(receivers, self.now);
-                    debug!(
-                        "{}: published to {topic} ({receivers} receivers)",
-                        peer(&client.stream)
-                    );
+                    debug!("{}: published to {topic} ({receivers} receivers)", peer(&client.stream));
                 }
                 self.mark_dirty(key);
             }
@@ -346,46 +325,36 @@ impl Server {
         };
         let level = match reason {
             Reason::SlowConsumer(_) => log::Level::Warn,
-            Reason::Rejected(_)
-            | Reason::Protocol(_)
-            | Reason::HandshakeTimeout
-            | Reason::IdleTimeout => log::Level::Info,
+            Reason::Rejected(_) | Reason::Protocol(_) | Reason::HandshakeTimeout | Reason::IdleTimeout => {
+                log::Level::Info
+            }
             Reason::ClientClosed(_)
             | Reason::HttpDone
             | Reason::LingerTimeout
-            | Reason::ShuttingDown => log::Level::Debug,
+            | Reason::ShuttingDown
+            | Reason::ConnectionLost(_) => log::Level::Debug,
         };
         if !log::log_enabled!(level) {
             return;
         }
         let peer = peer(&client.stream);
         match reason {
-            Reason::Rejected(r) => log::log!(
-                level,
-                "{peer}: rejected with HTTP {}: {}",
-                r.status,
-                r.reason
-            ),
-            Reason::Protocol(e) => log::log!(
-                level,
-                "{peer}: closing with {}: {}",
-                u16::from(e.code),
-                e.reason
-            ),
+            Reason::Rejected(r) => log::log!(level, "{peer}: rejected with HTTP {}: {}", r.status, r.reason),
+            Reason::Protocol(e) => log::log!(level, "{peer}: closing with {}: {}", u16::from(e.code), e.reason),
             Reason::SlowConsumer(why) => {
                 log::log!(level, "{peer}: dropping slow consumer with 1013: {why}")
             }
             Reason::ClientClosed(code) => log::log!(level, "{peer}: client closed ({code:?})"),
             Reason::HttpDone => log::log!(level, "{peer}: HTTP request answered"),
-            Reason::HandshakeTimeout => log::log!(
-                level,
-                "{peer}: dropped: no complete request within --handshake-timeout"
-            ),
+            Reason::HandshakeTimeout => {
+                log::log!(level, "{peer}: dropped: no complete request within --handshake-timeout")
+            }
             Reason::IdleTimeout => log::log!(level, "{peer}: dropped: silent for --idle-timeout"),
             Reason::LingerTimeout => {
                 log::log!(level, "{peer}: dropped: close not acknowledged in time")
             }
             Reason::ShuttingDown => log::log!(level, "{peer}: closing for shutdown"),
+            Reason::ConnectionLost(kind) => log::log!(level, "{peer}: connection lost ({kind})"),
         }
     }
 
@@ -407,9 +376,7 @@ impl Server {
     fn publish(&mut self, topic: &Topic, frame: SharedFrame) -> usize {
         let ctx = context(&self.config, self.now);
         let (clients, dirty, deferred) = (&mut self.clients, &mut self.dirty, &mut self.deferred);
-        let receivers = self.hub.for_each_subscriber(topic, |id| {
-            deliver(clients, dirty, deferred, id, &frame, &ctx)
-        });
+        let receivers = self.hub.for_each_subscriber(topic, |id| deliver(clients, dirty, deferred, id, &frame, &ctx));
         self.apply_deferred();
         receivers
     }
@@ -452,10 +419,9 @@ impl Server {
         if client.conn.write_shut {
             return;
         }
-        match client.conn.queue.write_to(&mut client.stream) {
-            Ok(written) => {
-                client.conn.wrote(written.bytes, self.now);
-                if written.drained && client.conn.is_closing() {
+        match queue_write(client, self.now) {
+            Ok(()) => {
+                if client.conn.queue.is_empty() && client.conn.is_closing() {
                     // Our last bytes are out: close our half, then wait for
                     // the peer's EOF (or the linger deadline).
                     client.conn.write_shut = true;
@@ -507,10 +473,7 @@ impl Server {
     fn drain_inbox(&mut self) {
         let (messages, shutdown) = {
             let mut inbox = self.shared.lock();
-            (
-                std::mem::take(&mut inbox.messages),
-                inbox.shutdown_requested,
-            )
+            (std::mem::take(&mut inbox.messages), inbox.shutdown_requested)
         };
         for (topic, message) in messages {
             let frame = match &message {
@@ -532,11 +495,7 @@ impl Server {
             }
         }
         if let Some(signal) = received {
-            let name = if signal == signal_hook::consts::SIGINT {
-                "SIGINT"
-            } else {
-                "SIGTERM"
-            };
+            let name = if signal == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" };
             self.begin_shutdown(name);
         }
     }
@@ -552,8 +511,7 @@ impl Server {
             self.clients.len(),
             self.config.shutdown_timeout
         );
-        self.shutdown_deadline =
-            Some(self.now + self.config.shutdown_timeout.as_millis() as Millis);
+        self.shutdown_deadline = Some(self.now + self.config.shutdown_timeout.as_millis() as Millis);
         self.shared.lock().shutdown_requested = true;
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
@@ -590,33 +548,43 @@ fn deliver(
         Action::Nothing => {}
         action => deferred.push((id, action)),
     }
+    // Writes wait for the end of the turn so that a burst leaves in one
+    // system call, but a burst must not overflow a client that is keeping
+    // up: at half its bound, the queue is written right away.
+    let queue = &client.conn.queue;
+    if client.conn.is_open()
+        && (queue.len() * 2 >= ctx.config.queue_messages || queue.pending_bytes() * 2 >= ctx.config.queue_bytes)
+    {
+        match queue_write(client, ctx.now) {
+            Ok(()) => {}
+            Err(e) => deferred.push((id, Action::Drop(Reason::ConnectionLost(e.kind())))),
+        }
+    }
     if !client.dirty {
         client.dirty = true;
         dirty.push(id);
     }
 }
 
+/// Writes as much of the client's queue as its socket takes.
+fn queue_write(client: &mut Client, now: Millis) -> io::Result<()> {
+    let written = client.conn.queue.write_to(&mut client.stream)?;
+    client.conn.wrote(written.bytes, now);
+    Ok(())
+}
+
 /// Context for everything but an upgrade (which also needs `at_capacity`).
 fn context(config: &Config, now: Millis) -> Context<'_> {
-    Context {
-        config,
-        now,
-        at_capacity: false,
-    }
+    Context { config, now, at_capacity: false }
 }
 
 /// Sweep often enough that the shortest deadline is kept to about a quarter
 /// of its length, and at most once a second.
 fn tick_interval(config: &Config) -> Millis {
-    let shortest = [
-        config.write_timeout,
-        config.handshake_timeout,
-        config.ping_interval,
-        config.idle_timeout,
-    ]
-    .into_iter()
-    .min()
-    .unwrap_or(Duration::from_secs(1));
+    let shortest = [config.write_timeout, config.handshake_timeout, config.ping_interval, config.idle_timeout]
+        .into_iter()
+        .min()
+        .unwrap_or(Duration::from_secs(1));
     (shortest.as_millis() as Millis / 4).clamp(10, 1000)
 }
 
@@ -626,7 +594,5 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 }
 
 fn peer(stream: &TcpStream) -> String {
-    stream
-        .peer_addr()
-        .map_or_else(|_| "unknown peer".to_string(), |a| a.to_string())
+    stream.peer_addr().map_or_else(|_| "unknown peer".to_string(), |a| a.to_string())
 }

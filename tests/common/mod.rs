@@ -1,0 +1,253 @@
+//! Helpers for the integration tests: a hub on an ephemeral 127.0.0.1 port,
+//! a raw WebSocket client that can send any bytes, and a deadline-bound wait.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wshub::{Config, Publisher, Server};
+
+/// Upper bound for anything a test waits for; generous for a loaded machine.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A hub running on its own thread for one test.
+pub struct Hub {
+    pub addr: SocketAddr,
+    pub publisher: Publisher,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Hub {
+    pub fn start(config: Config) -> Hub {
+        let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..config };
+        let server = Server::bind(config).expect("bind");
+        let addr = server.local_addr();
+        let publisher = server.publisher();
+        let thread = std::thread::spawn(move || server.run());
+        Hub { addr, publisher, thread: Some(thread) }
+    }
+
+    pub fn default() -> Hub {
+        Hub::start(Config::default())
+    }
+
+    /// Asks the hub to shut down and waits for `run` to return.
+    pub fn stop(&mut self) -> std::io::Result<()> {
+        self.publisher.shutdown();
+        match self.thread.take() {
+            Some(t) => t.join().expect("server thread panicked"),
+            None => Ok(()),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// A tungstenite client, the way an application would connect.
+pub type Client = tungstenite::WebSocket<TcpStream>;
+
+pub fn client(hub: &Hub, path: &str) -> Client {
+    let stream = TcpStream::connect(hub.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let (ws, response) = tungstenite::client::client(hub.url(path), stream).expect("upgrade");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Reads the next data message, answering pings on the way.
+pub fn next_message(ws: &mut Client) -> tungstenite::Message {
+    loop {
+        match ws.read().expect("read") {
+            m @ (tungstenite::Message::Text(_) | tungstenite::Message::Binary(_)) => return m,
+            _ => continue,
+        }
+    }
+}
+
+pub fn text(ws: &mut Client) -> String {
+    match next_message(ws) {
+        tungstenite::Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Sends one HTTP request on a fresh connection and returns the whole
+/// response (the server closes after answering).
+pub fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut out = Vec::new();
+    match stream.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("reading response: {e}"),
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn status_of(response: &str) -> u16 {
+    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {response:?}"))
+}
+
+/// A frame as the raw client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawFrame {
+    pub fn close_code(&self) -> Option<u16> {
+        assert_eq!(self.opcode, 8, "not a close frame: {self:?}");
+        (self.payload.len() >= 2).then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// A WebSocket client that writes whatever bytes a test wants.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub const UPGRADE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {UPGRADE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+impl RawWs {
+    pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.write_all(upgrade_request(path).as_bytes()).unwrap();
+        let mut ws = RawWs { stream, buf: Vec::new() };
+        let head = ws.read_until_head();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        ws
+    }
+
+    fn read_until_head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+                return String::from_utf8(head).unwrap();
+            }
+            self.fill();
+        }
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Sends a masked frame with the given first byte (FIN, RSV, opcode).
+    pub fn send_frame(&mut self, first: u8, payload: &[u8]) {
+        self.stream.write_all(&masked_frame(first, payload)).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn read_frame(&mut self) -> RawFrame {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return frame;
+            }
+            self.fill();
+        }
+    }
+
+    /// Reads frames until a close frame; returns its code.
+    pub fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            let frame = self.read_frame();
+            if frame.opcode == 8 {
+                return frame.close_code();
+            }
+        }
+    }
+
+    /// True once the server has closed the TCP connection.
+    pub fn wait_closed(&mut self) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < deadline {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        false
+    }
+}
+
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![first];
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    assert_eq!(buf[1] & 0x80, 0, "server frames must not be masked");
+    let (len, head) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if buf.len() < head + len {
+        return None;
+    }
+    let frame = RawFrame { fin: buf[0] & 0x80 != 0, opcode: buf[0] & 0x0f, payload: buf[head..head + len].to_vec() };
+    Some((frame, head + len))
+}
+
+/// Polls `check` until it is true or the deadline passes.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}

@@ -1,0 +1,227 @@
+//! The HTTP side of the port (upgrade errors, health, publish) and the close
+//! codes for protocol errors.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use wshub::Config;
+
+fn upgrade_with(replace: (&str, &str)) -> String {
+    upgrade_request("/ws").replace(replace.0, replace.1)
+}
+
+#[test]
+fn every_upgrade_error_gets_its_status() {
+    let hub = Hub::default();
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("malformed", "NOT HTTP AT ALL\r\n\r\n".into(), 400),
+        ("not GET", upgrade_with(("GET", "PUT")), 405),
+        ("unknown path", upgrade_with(("/ws", "/chat")), 404),
+        ("no Upgrade", upgrade_with(("Upgrade: websocket\r\n", "")), 400),
+        ("no Connection", upgrade_with(("Connection: Upgrade\r\n", "")), 400),
+        ("no key", upgrade_with((&format!("Sec-WebSocket-Key: {UPGRADE_KEY}\r\n"), "")), 400),
+        ("short key", upgrade_with((UPGRADE_KEY, "AAAA")), 400),
+        ("version 8", upgrade_with(("Version: 13", "Version: 8")), 426),
+        ("bad topic", upgrade_with(("/ws", "/ws?topic=no%20spaces")), 400),
+        (
+            "65 headers",
+            upgrade_with(("Host: test\r\n", &(0..65).map(|i| format!("X-H{i}: v\r\n")).collect::<String>())),
+            431,
+        ),
+        ("9 KiB head", upgrade_with(("Host: test", &format!("Host: {}", "h".repeat(9000)))), 431),
+    ];
+    for (name, request, status) in cases {
+        let response = http(hub.addr, request.as_bytes());
+        assert_eq!(status_of(&response), status, "{name}: {response}");
+        if status == 426 {
+            assert!(response.contains("Sec-WebSocket-Version: 13\r\n"), "{response}");
+        }
+    }
+}
+
+#[test]
+fn upgrades_beyond_max_connections_get_503() {
+    let hub = Hub::start(Config { max_connections: 2, ..Config::default() });
+    let a = RawWs::connect(hub.addr, "/ws");
+    let _b = RawWs::connect(hub.addr, "/ws");
+    let response = http(hub.addr, upgrade_request("/ws").as_bytes());
+    assert_eq!(status_of(&response), 503);
+    // a slot freed is a slot available again
+    drop(a);
+    wait_until("a freed slot", || status_of(&http_upgrade(&hub)) == 101);
+}
+
+fn http_upgrade(hub: &Hub) -> String {
+    let mut stream = TcpStream::connect(hub.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn request_arriving_one_byte_at_a_time_is_upgraded() {
+    let hub = Hub::default();
+    let mut stream = TcpStream::connect(hub.addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    for byte in upgrade_request("/ws").bytes() {
+        stream.write_all(&[byte]).unwrap();
+    }
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101 "));
+}
+
+#[test]
+fn an_unfinished_request_is_closed_after_the_handshake_timeout() {
+    let hub = Hub::start(Config { handshake_timeout: Duration::from_millis(300), ..Config::default() });
+    let mut stream = TcpStream::connect(hub.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(b"GET /ws HTTP/1.1\r\nHost: slow").unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection to be closed, got {other:?}"),
+    }
+}
+
+#[test]
+fn healthz_answers_ok() {
+    let hub = Hub::default();
+    let response = http(hub.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&response), 200);
+    assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+}
+
+#[test]
+fn protocol_errors_close_with_1002() {
+    let hub = Hub::default();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unmasked frame", vec![0x81, 0x02, b'h', b'i']),
+        ("RSV1 set", masked_frame(0xC1, b"hi")),
+        ("reserved opcode", masked_frame(0x83, b"")),
+        ("ping over 125 bytes", masked_frame(0x89, &[0; 126])),
+        ("fragmented ping", masked_frame(0x09, b"")),
+        ("continuation first", masked_frame(0x80, b"x")),
+        ("new message inside fragments", [masked_frame(0x01, b"a"), masked_frame(0x81, b"b")].concat()),
+        ("close code 1005", masked_frame(0x88, &1005u16.to_be_bytes())),
+        ("one-byte close", masked_frame(0x88, &[0x03])),
+    ];
+    for (name, bytes) in cases {
+        let mut raw = RawWs::connect(hub.addr, "/ws");
+        raw.send_raw(&bytes);
+        assert_eq!(raw.expect_close(), Some(1002), "{name}");
+        assert!(raw.wait_closed(), "{name}: TCP closed after the close frame");
+    }
+}
+
+#[test]
+fn invalid_utf8_closes_with_1007() {
+    let hub = Hub::default();
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    raw.send_frame(0x81, b"caf\xc3");
+    assert_eq!(raw.expect_close(), Some(1007));
+
+    // fails fast: the rest of the fragmented message never needs to arrive
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    raw.send_frame(0x01, b"fine so far \xed\xa0\x80");
+    assert_eq!(raw.expect_close(), Some(1007));
+}
+
+#[test]
+fn oversized_message_closes_with_1009() {
+    let hub = Hub::start(Config { max_message_size: 1000, ..Config::default() });
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    // only the header is sent: the declared length is enough
+    raw.send_raw(&masked_frame(0x82, &[0; 1001])[..8]);
+    assert_eq!(raw.expect_close(), Some(1009));
+
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    raw.send_frame(0x02, &[0; 600]);
+    raw.send_frame(0x80, &[0; 600]);
+    assert_eq!(raw.expect_close(), Some(1009));
+
+    let mut ok = RawWs::connect(hub.addr, "/ws");
+    ok.send_frame(0x82, &[5; 1000]);
+    assert_eq!(ok.read_frame().payload.len(), 1000, "exactly the limit is fine");
+}
+
+fn publish_request(topic: &str, body: &[u8], extra: &str) -> Vec<u8> {
+    let mut req = format!("POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{extra}\r\n", body.len())
+        .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+#[test]
+fn publish_over_http_reaches_the_topic() {
+    let hub = Hub::default();
+    let mut news = client(&hub, "/ws?topic=news");
+    let mut both = client(&hub, "/ws?topic=news&topic=sport");
+    let mut sport = client(&hub, "/ws?topic=sport");
+
+    let response = http(hub.addr, &publish_request("news", b"headline", ""));
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(response.ends_with("{\"receivers\": 2}\n"), "{response}");
+    assert_eq!(text(&mut news), "headline");
+    assert_eq!(text(&mut both), "headline");
+
+    let response = http(hub.addr, &publish_request("sport", b"\x00\x01", "Content-Type: application/octet-stream\r\n"));
+    assert_eq!(status_of(&response), 200);
+    assert_eq!(next_message(&mut sport), tungstenite::Message::binary(vec![0u8, 1]));
+    assert_eq!(next_message(&mut both), tungstenite::Message::binary(vec![0u8, 1]));
+
+    // invalid UTF-8 goes out as binary
+    http(hub.addr, &publish_request("news", b"\xff", ""));
+    assert_eq!(next_message(&mut news), tungstenite::Message::binary(vec![0xffu8]));
+
+    // Expect: 100-continue is honoured
+    let body = vec![b'x'; 5000];
+    let mut stream = TcpStream::connect(hub.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let head = publish_request("news", b"", "Expect: 100-continue\r\n");
+    let head = String::from_utf8(head).unwrap().replace("Content-Length: 0", "Content-Length: 5000");
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"));
+    stream.write_all(&body).unwrap();
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("200 OK"), "{rest}");
+    assert_eq!(text(&mut news).len(), 5000);
+}
+
+#[test]
+fn publish_errors() {
+    let hub = Hub::start(Config { publish_token: Some("s3cret".into()), max_message_size: 100, ..Config::default() });
+    let auth = "Authorization: Bearer s3cret\r\n";
+    let status = |req: Vec<u8>| status_of(&http(hub.addr, &req));
+    assert_eq!(status(publish_request("t", b"x", "")), 401);
+    assert_eq!(status(publish_request("t", b"x", "Authorization: Bearer wrong\r\n")), 401);
+    assert_eq!(status(publish_request("t", b"x", auth)), 200);
+    assert_eq!(status(publish_request("t", &[b'x'; 101], auth)), 413);
+    assert_eq!(status(publish_request("bad%20topic", b"x", auth)), 400);
+    assert_eq!(status(b"GET /publish/t HTTP/1.1\r\n\r\n".to_vec()), 405);
+}
+
+#[test]
+fn bad_clients_do_not_disturb_good_ones() {
+    let hub = Hub::default();
+    let mut good = client(&hub, "/ws");
+    for bytes in [&b"\x81\x02hi"[..], b"\xff\xff\xff\xff", b"GET / HTTP/1.1\r\n\r\n"] {
+        let mut raw = RawWs::connect(hub.addr, "/ws");
+        raw.send_raw(bytes);
+        let _ = raw.wait_closed();
+    }
+    let _ = http(hub.addr, b"\x00\x01\x02garbage\r\n\r\n");
+    good.send(tungstenite::Message::text("still fine")).unwrap();
+    assert_eq!(text(&mut good), "still fine");
+}

@@ -1,0 +1,182 @@
+//! The library handle, graceful shutdown, and the binary's command line.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use wshub::{Config, Message, PublishError, Publisher};
+
+#[test]
+fn publisher_is_a_thread_safe_handle() {
+    fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+    assert_traits::<Publisher>();
+
+    let hub = Hub::default();
+    let mut news = client(&hub, "/ws?topic=news");
+    let mut other = client(&hub, "/ws?topic=other");
+    let publisher = hub.publisher.clone();
+    std::thread::spawn(move || {
+        publisher.publish("news", "from a thread").unwrap();
+        publisher.publish("news", Message::Binary(vec![1, 2, 3])).unwrap();
+        publisher.publish("other", "done").unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(text(&mut news), "from a thread");
+    assert_eq!(next_message(&mut news), tungstenite::Message::binary(vec![1u8, 2, 3]));
+    assert_eq!(text(&mut other), "done");
+
+    assert!(matches!(hub.publisher.publish("bad topic", "x"), Err(PublishError::InvalidTopic(_))));
+    let too_big = "x".repeat(Config::default().max_message_size + 1);
+    assert_eq!(hub.publisher.publish("news", too_big), Err(PublishError::TooLarge));
+}
+
+#[test]
+fn publisher_shutdown_flushes_queues_then_closes_1001() {
+    let mut hub = Hub::start(Config { max_message_size: 1 << 20, ..Config::default() });
+    let mut raw = RawWs::connect(hub.addr, "/ws?topic=t");
+    // More than the socket buffers hold, so part of it waits in the queue.
+    for i in 0..3u8 {
+        hub.publisher.publish("t", vec![i; 1 << 20]).unwrap();
+    }
+    let publisher = hub.publisher.clone();
+    let stopper = std::thread::spawn(move || hub.stop());
+    for i in 0..3u8 {
+        let frame = raw.read_frame();
+        assert_eq!((frame.opcode, frame.payload.len(), frame.payload[0]), (2, 1 << 20, i));
+    }
+    assert_eq!(raw.expect_close(), Some(1001));
+    assert!(stopper.join().unwrap().is_ok(), "run() returns Ok after shutdown");
+    assert_eq!(publisher.publish("t", "late"), Err(PublishError::Closed));
+}
+
+/// The `wshub` binary on an ephemeral port; killed if a test fails.
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    log: BufReader<std::process::ChildStderr>,
+}
+
+impl Binary {
+    fn start(args: &[&str]) -> Binary {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(log.read_line(&mut line).unwrap() > 0, "wshub exited before listening");
+            if let Some(rest) = line.split("listening on ws://").nth(1) {
+                break rest.trim().trim_end_matches("/ws").parse().unwrap();
+            }
+        };
+        Binary { child, addr, log }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "wshub did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn http_publish(addr: SocketAddr, topic: &str, body: &[u8]) -> String {
+    let mut req =
+        format!("POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    req.extend_from_slice(body);
+    http(addr, &req)
+}
+
+#[test]
+fn sigterm_delivers_what_was_queued_then_1001_then_exits_0() {
+    let mut bin = Binary::start(&["--max-message-size", "1048576"]);
+    let mut raw = RawWs::connect(bin.addr, "/ws");
+    let body: Vec<u8> = (0..1u32 << 20).map(|i| (i % 253) as u8).collect();
+    for _ in 0..3 {
+        assert_eq!(status_of(&http_publish(bin.addr, "all", &body)), 200);
+    }
+    bin.signal("TERM");
+    for _ in 0..3 {
+        let frame = raw.read_frame();
+        assert_eq!(frame.payload, body);
+    }
+    assert_eq!(raw.expect_close(), Some(1001));
+    let status = bin.wait_exit();
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    bin.log.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("SIGTERM"), "{rest}");
+}
+
+#[test]
+fn sigint_stops_accepting_and_exits_within_the_shutdown_timeout() {
+    let mut bin = Binary::start(&["--shutdown-timeout", "1"]);
+    // A client that never reads nor answers the close keeps the hub waiting
+    // until --shutdown-timeout.
+    let mut stubborn = TcpStream::connect(bin.addr).unwrap();
+    stubborn.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let mut buf = [0u8; 512];
+    let _ = stubborn.read(&mut buf).unwrap();
+    let started = Instant::now();
+    bin.signal("INT");
+    assert_eq!(bin.wait_exit().code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(TcpStream::connect(bin.addr).is_err(), "no longer accepting");
+}
+
+#[test]
+fn command_line_help_version_and_bad_values() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wshub"));
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let help = run(&["--help"], &[]);
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    for flag in ["--listen", "--max-message-size", "--no-echo", "--publish-token", "--shutdown-timeout"] {
+        assert!(help.contains(flag), "{flag} in --help");
+    }
+    let version = run(&["--version"], &[]);
+    assert!(String::from_utf8(version.stdout).unwrap().starts_with("wshub "));
+
+    let bad = run(&["--max-connections", "lots"], &[]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--max-connections"));
+
+    let bad_env = run(&[], &[("WSHUB_LISTEN", "not-an-address")]);
+    assert_eq!(bad_env.status.code(), Some(2));
+    assert!(String::from_utf8(bad_env.stderr).unwrap().contains("WSHUB_LISTEN"));
+}

@@ -1,0 +1,231 @@
+//! Delivery: broadcast, echo, topics, opcodes, fragments, ping, close,
+//! and slow consumers. Real sockets, real clients.
+
+mod common;
+
+use std::thread;
+
+use common::*;
+use tungstenite::Message;
+use wshub::Config;
+
+#[test]
+fn broadcast_reaches_every_client_including_the_sender() {
+    let hub = Hub::default();
+    let mut clients: Vec<Client> = (0..3).map(|_| client(&hub, "/ws")).collect();
+    clients[0].send(Message::text("hello all")).unwrap();
+    for c in &mut clients {
+        assert_eq!(text(c), "hello all");
+    }
+}
+
+#[test]
+fn no_echo_skips_the_sender() {
+    let hub = Hub::start(Config { no_echo: true, ..Config::default() });
+    let mut a = client(&hub, "/ws");
+    let mut b = client(&hub, "/ws");
+    a.send(Message::text("from a")).unwrap();
+    b.send(Message::text("from b")).unwrap();
+    // a's first message is b's: its own was not sent back.
+    assert_eq!(text(&mut a), "from b");
+    assert_eq!(text(&mut b), "from a");
+}
+
+#[test]
+fn topics_isolate_and_multi_topic_subscribers_get_each_message_once() {
+    let hub = Hub::default();
+    let mut on_a = client(&hub, "/ws?topic=a");
+    let mut on_b = client(&hub, "/ws?topic=b");
+    let mut on_both = client(&hub, "/ws?topic=a&topic=b");
+    let mut plain = client(&hub, "/ws");
+
+    on_both.send(Message::text("to a and b")).unwrap();
+    on_a.send(Message::text("to a")).unwrap();
+    on_b.send(Message::text("to b")).unwrap();
+    plain.send(Message::text("to all")).unwrap();
+
+    assert_eq!(text(&mut on_a), "to a and b");
+    assert_eq!(text(&mut on_a), "to a");
+    assert_eq!(text(&mut on_b), "to a and b");
+    assert_eq!(text(&mut on_b), "to b");
+    // once each, in the order the hub received them, nothing from `all`
+    let mut got: Vec<String> = (0..3).map(|_| text(&mut on_both)).collect();
+    got.sort();
+    assert_eq!(got, ["to a", "to a and b", "to b"]);
+    assert_eq!(text(&mut plain), "to all");
+
+    // a final marker proves nothing else was queued for the topic clients
+    hub.publisher.publish("a", "end").unwrap();
+    assert_eq!(text(&mut on_a), "end");
+    assert_eq!(text(&mut on_both), "end");
+}
+
+#[test]
+fn text_and_binary_are_preserved() {
+    let hub = Hub::default();
+    let mut a = client(&hub, "/ws");
+    let payload: Vec<u8> = (0..=255).collect();
+    a.send(Message::binary(payload.clone())).unwrap();
+    a.send(Message::text("ünïcödé")).unwrap();
+    assert_eq!(next_message(&mut a), Message::binary(payload));
+    assert_eq!(next_message(&mut a), Message::text("ünïcödé"));
+}
+
+#[test]
+fn fragmented_message_is_reassembled_around_a_ping() {
+    let hub = Hub::default();
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    raw.send_frame(0x01, b"frag");
+    raw.send_frame(0x89, b"mid");
+    raw.send_frame(0x00, b"men");
+    raw.send_frame(0x80, b"ted");
+    assert_eq!(raw.read_frame(), RawFrame { fin: true, opcode: 0xA, payload: b"mid".to_vec() });
+    assert_eq!(raw.read_frame(), RawFrame { fin: true, opcode: 0x1, payload: b"fragmented".to_vec() });
+}
+
+#[test]
+fn large_message_split_across_reads_is_delivered_whole() {
+    let hub = Hub::default();
+    let mut a = client(&hub, "/ws");
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    let payload: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let frame = masked_frame(0x82, &payload);
+    for piece in frame.chunks(7_777) {
+        raw.send_raw(piece);
+    }
+    assert_eq!(next_message(&mut a), Message::binary(payload.clone()));
+    assert_eq!(raw.read_frame().payload, payload);
+}
+
+#[test]
+fn ping_gets_pong() {
+    let hub = Hub::default();
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    raw.send_frame(0x89, b"are you there");
+    assert_eq!(raw.read_frame(), RawFrame { fin: true, opcode: 0xA, payload: b"are you there".to_vec() });
+}
+
+#[test]
+fn close_handshake_echoes_the_code_then_closes_tcp() {
+    let hub = Hub::default();
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    raw.send_frame(0x88, &[0x03, 0xe8, b'b', b'y', b'e']);
+    assert_eq!(raw.expect_close(), Some(1000));
+    assert!(raw.wait_closed());
+
+    // with tungstenite: a normal close completes cleanly
+    let mut ws = client(&hub, "/ws");
+    ws.close(None).unwrap();
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("unclean close: {e}"),
+        }
+    }
+}
+
+#[test]
+fn server_pings_a_silent_client_then_drops_it() {
+    let config = Config {
+        ping_interval: std::time::Duration::from_millis(200),
+        idle_timeout: std::time::Duration::from_millis(1200),
+        ..Config::default()
+    };
+    let hub = Hub::start(config);
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    assert_eq!(raw.read_frame().opcode, 0x9, "a ping after --ping-interval");
+    assert!(raw.wait_closed(), "dropped after --idle-timeout without a pong");
+
+    // a client that answers pings stays connected past the idle timeout
+    let mut answering = client(&hub, "/ws");
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        if let Message::Ping(_) = answering.read().expect("still connected") {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2);
+}
+
+#[test]
+fn slow_consumer_is_dropped_while_a_normal_client_gets_everything_in_order() {
+    const MESSAGES: usize = 600;
+    let config = Config { no_echo: true, queue_messages: 32, ..Config::default() };
+    let hub = Hub::start(config);
+    let mut slow = RawWs::connect(hub.addr, "/ws");
+    let mut normal = client(&hub, "/ws");
+    let mut sender = client(&hub, "/ws");
+
+    let reader = thread::spawn(move || {
+        (0..MESSAGES)
+            .map(|_| match next_message(&mut normal) {
+                Message::Binary(b) => u32::from_be_bytes(b[..4].try_into().unwrap()),
+                other => panic!("{other:?}"),
+            })
+            .collect::<Vec<u32>>()
+    });
+    for i in 0..MESSAGES as u32 {
+        let mut payload = vec![0u8; 16 * 1024];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        sender.send(Message::binary(payload)).unwrap();
+    }
+    let received = reader.join().unwrap();
+    assert_eq!(received, (0..MESSAGES as u32).collect::<Vec<_>>(), "every message, in order");
+
+    // The slow client got a gap-free prefix, then the connection ended.
+    let mut expected = 0u32;
+    loop {
+        let frame = slow.read_frame();
+        match frame.opcode {
+            0x2 => {
+                assert_eq!(u32::from_be_bytes(frame.payload[..4].try_into().unwrap()), expected);
+                expected += 1;
+            }
+            0x8 => {
+                assert_eq!(frame.close_code(), Some(1013));
+                break;
+            }
+            other => panic!("unexpected opcode {other}"),
+        }
+        if expected as usize == MESSAGES {
+            panic!("the slow client was never dropped");
+        }
+    }
+}
+
+#[test]
+fn a_stalled_queue_is_dropped_after_the_write_timeout() {
+    let config = Config {
+        write_timeout: std::time::Duration::from_millis(500),
+        queue_bytes: 64 << 20,
+        max_message_size: 1 << 20,
+        ..Config::default()
+    };
+    let hub = Hub::start(config);
+    let mut stalled = RawWs::connect(hub.addr, "/ws?topic=t");
+    let mut other = client(&hub, "/ws?topic=t");
+    // ~24 MiB: more than loopback socket buffers hold, fewer than the bounds.
+    for _ in 0..24 {
+        hub.publisher.publish("t", vec![7u8; 1 << 20]).unwrap();
+        let _ = next_message(&mut other);
+    }
+    // Not reading is the point: wait well past the timeout (and the sweep
+    // that notices it), then read what the hub had managed to send.
+    thread::sleep(std::time::Duration::from_secs(3));
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match std::io::Read::read(&mut stalled.stream, &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the stalled client was not dropped: {e}"),
+        }
+    }
+    assert!(received < 24 << 20, "dropped before everything was sent ({received} bytes)");
+    // the hub is still fine for others
+    hub.publisher.publish("t", "still here").unwrap();
+    assert_eq!(text(&mut other), "still here");
+}
