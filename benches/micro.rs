@@ -1,0 +1,175 @@
+//! Micro-benchmarks of the hot pure functions, and the cost of the deadline
+//! sweep at 20,000 connections. `cargo bench --bench micro` prints a table of
+//! medians over repeated runs (a shared, noisy machine: look at medians).
+//!
+//! A counting global allocator also reports allocations per broadcast, which
+//! must not grow with the number of receivers.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+use wshub::Config;
+use wshub::connection::{Action, Connection, Context};
+use wshub::frame::{self, FrameDecoder, MessageKind};
+use wshub::http;
+
+struct Counting;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwards the caller's layout unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout (above).
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n\r\n";
+
+/// Median of `runs` timings of `f`, each doing `iters` iterations.
+fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    let mut times: Vec<Duration> = (0..runs).map(|_| f()).collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0xa1, 0xb2, 0xc3, 0xd4];
+    let mut out = vec![first];
+    let len = payload.len();
+    if len < 126 {
+        out.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+fn open_connection(config: &Config) -> Connection {
+    let mut conn = Connection::new(0, true);
+    let ctx = Context { config, now: 0, at_capacity: false };
+    let mut req = UPGRADE.to_vec();
+    let _ = conn.receive(&mut req, &ctx);
+    let mut sink = Vec::new();
+    conn.queue.write_to(&mut sink).unwrap();
+    assert!(conn.is_open());
+    conn
+}
+
+fn main() {
+    println!("| benchmark | median |");
+    println!("| --- | --- |");
+
+    // Frame decoding: unmask + UTF-8 validation, whole frames in the buffer.
+    for (label, size, count) in [("64 KiB text frames", 65536usize, 16usize), ("64 B text frames", 64, 16384)] {
+        let unit = "wshub décode ";
+        let mut payload = unit.repeat(size / unit.len()).into_bytes();
+        payload.resize(size, b'x');
+        let mut stream = Vec::new();
+        for _ in 0..count {
+            stream.extend(masked(0x81, &payload));
+        }
+        let original = stream.clone();
+        let bytes = (size * count) as f64;
+        let t = median(21, || {
+            stream.copy_from_slice(&original);
+            let mut decoder = FrameDecoder::default();
+            let start = Instant::now();
+            let mut pos = 0;
+            while pos < stream.len() {
+                let d = decoder.decode(&mut stream[pos..], 1 << 20).unwrap();
+                pos += d.consumed;
+                black_box(d.event);
+            }
+            start.elapsed()
+        });
+        println!("| decode {label} (unmask + UTF-8) | {:.2} GB/s |", bytes / t.as_secs_f64() / 1e9);
+    }
+
+    // Handshake parsing.
+    let iters = 20_000;
+    let t = median(11, || {
+        let start = Instant::now();
+        for _ in 0..iters {
+            black_box(http::parse_request(black_box(UPGRADE)).unwrap());
+        }
+        start.elapsed()
+    });
+    println!(
+        "| parse + validate an upgrade request ({} B) | {:.0} ns |",
+        UPGRADE.len(),
+        t.as_nanos() as f64 / iters as f64
+    );
+
+    // Broadcast enqueue: one shared frame to N receivers, then drained.
+    let config = Config::default();
+    for receivers in [100usize, 1000, 10_000] {
+        let mut conns: Vec<Connection> = (0..receivers).map(|_| open_connection(&config)).collect();
+        let ctx = Context { config: &config, now: 0, at_capacity: false };
+        let mut sink = std::io::sink();
+        // warm the queues' capacity so steady state is measured
+        for c in conns.iter_mut() {
+            let _ = c.enqueue(frame::encode_message(MessageKind::Text, b"warm"), &ctx);
+            c.queue.write_to(&mut sink).unwrap();
+        }
+        let rounds = 20;
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let t = median(rounds, || {
+            let frame = frame::encode_message(MessageKind::Text, &[b'x'; 64]);
+            let start = Instant::now();
+            for c in conns.iter_mut() {
+                match c.enqueue(frame.clone(), &ctx) {
+                    Action::Nothing => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            let enqueued = start.elapsed();
+            for c in conns.iter_mut() {
+                c.queue.write_to(&mut sink).unwrap();
+            }
+            enqueued
+        });
+        let allocations = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / rounds as f64;
+        println!(
+            "| enqueue one 64 B broadcast to {receivers} receivers | {:.1} ns per receiver, {allocations:.1} allocations per broadcast |",
+            t.as_nanos() as f64 / receivers as f64
+        );
+    }
+
+    // The deadline sweep, as the loop runs it once per tick.
+    let n = 20_000;
+    let mut clients: Slab<Connection> = Slab::new();
+    for _ in 0..n {
+        clients.insert(open_connection(&config));
+    }
+    let t = median(51, || {
+        let ctx = Context { config: &config, now: 1_000, at_capacity: false };
+        let start = Instant::now();
+        for (_, c) in clients.iter_mut() {
+            black_box(c.tick(&ctx));
+        }
+        start.elapsed()
+    });
+    println!(
+        "| deadline sweep over {n} open connections | {:.0} µs per sweep ({:.3}% of a core at one sweep per second) |",
+        t.as_secs_f64() * 1e6,
+        t.as_secs_f64() * 100.0
+    );
+    println!("\nsize of one connection's state: {} bytes", std::mem::size_of::<Connection>());
+}
