@@ -67,7 +67,7 @@ fn open_connection(config: &Config) -> Connection {
     let mut req = UPGRADE.to_vec();
     let _ = conn.receive(&mut req, &ctx);
     let mut sink = Vec::new();
-    conn.queue.write_to(&mut sink).unwrap();
+    conn.queue.write_to(&mut sink, &mut Vec::new()).unwrap();
     assert!(conn.is_open());
     conn
 }
@@ -123,10 +123,11 @@ fn main() {
         let mut conns: Vec<Connection> = (0..receivers).map(|_| open_connection(&config)).collect();
         let ctx = Context { config: &config, now: 0, at_capacity: false };
         let mut sink = std::io::sink();
+        let mut cork = Vec::with_capacity(wshub::send_queue::CORK_BYTES);
         // warm the queues' capacity so steady state is measured
         for c in conns.iter_mut() {
             let _ = c.enqueue(frame::encode_message(MessageKind::Text, b"warm"), &ctx);
-            c.queue.write_to(&mut sink).unwrap();
+            c.queue.write_to(&mut sink, &mut cork).unwrap();
         }
         let rounds = 20;
         let before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -141,7 +142,7 @@ fn main() {
             }
             let enqueued = start.elapsed();
             for c in conns.iter_mut() {
-                c.queue.write_to(&mut sink).unwrap();
+                c.queue.write_to(&mut sink, &mut cork).unwrap();
             }
             enqueued
         });

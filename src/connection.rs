@@ -375,7 +375,7 @@ mod tests {
     /// Drains the queue into a byte vector, as a socket would.
     fn sent(conn: &mut Connection) -> Vec<u8> {
         let mut out = Vec::new();
-        conn.queue.write_to(&mut out).unwrap();
+        conn.queue.write_to(&mut out, &mut Vec::new()).unwrap();
         out
     }
 

@@ -42,6 +42,8 @@ struct Client {
     dirty: bool,
     /// Subscribed in the hub and counted against `--max-connections`.
     subscribed: bool,
+    /// The last write stopped at `WouldBlock`; cleared by a writable event.
+    blocked: bool,
 }
 
 /// A bound hub, ready to [`run`](Server::run). It holds no connection state
@@ -67,6 +69,8 @@ struct EventLoop {
     hub: Hub,
     ws_clients: usize,
     scratch: Vec<u8>,
+    /// Where small frames are gathered for one `write` (see `send_queue`).
+    cork: Vec<u8>,
     /// Clients with bytes queued during this turn.
     dirty: Vec<ClientId>,
     /// Clients whose reads were cut short for fairness.
@@ -122,6 +126,7 @@ impl Server {
             hub: Hub::default(),
             ws_clients: 0,
             scratch: vec![0; SCRATCH_BYTES],
+            cork: Vec::with_capacity(crate::send_queue::CORK_BYTES),
             dirty: Vec::new(),
             read_again: Vec::new(),
             deferred: Vec::new(),
@@ -171,16 +176,21 @@ impl EventLoop {
                     SIGNALS => self.on_signals(),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_client(key);
+                            // A short read means the socket is drained, unless
+                            // the peer also closed: then read on to the EOF.
+                            self.read_client(key, event.is_read_closed() || event.is_error());
                         }
                         if event.is_writable() {
+                            if let Some(client) = self.clients.get_mut(key) {
+                                client.blocked = false;
+                            }
                             self.flush_client(key);
                         }
                     }
                 }
             }
             for key in std::mem::take(&mut self.read_again) {
-                self.read_client(key);
+                self.read_client(key, true);
             }
             if self.accept_paused_until.is_some_and(|t| self.now >= t) {
                 self.accept_paused_until = None;
@@ -225,7 +235,7 @@ impl EventLoop {
                         continue;
                     }
                     let conn = Connection::new(self.now, addr.ip().is_loopback());
-                    entry.insert(Client { stream, conn, dirty: false, subscribed: false });
+                    entry.insert(Client { stream, conn, dirty: false, subscribed: false, blocked: false });
                     debug!("{addr}: connected");
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -242,7 +252,7 @@ impl EventLoop {
         }
     }
 
-    fn read_client(&mut self, key: ClientId) {
+    fn read_client(&mut self, key: ClientId, until_would_block: bool) {
         for _ in 0..READS_PER_TURN {
             let Some(client) = self.clients.get_mut(key) else {
                 return;
@@ -254,7 +264,12 @@ impl EventLoop {
                     self.remove(key);
                     return;
                 }
-                Ok(n) => self.receive(key, n),
+                Ok(n) => {
+                    self.receive(key, n);
+                    if n < SCRATCH_BYTES && !until_would_block {
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -361,22 +376,31 @@ impl EventLoop {
     /// Queues a client's message to every client on its topics.
     fn broadcast_from(&mut self, sender: ClientId, frame: SharedFrame) {
         let no_echo = self.config.no_echo;
-        let ctx = context(&self.config, self.now);
-        let (clients, dirty, deferred) = (&mut self.clients, &mut self.dirty, &mut self.deferred);
+        let mut fanout = Fanout {
+            clients: &mut self.clients,
+            dirty: &mut self.dirty,
+            deferred: &mut self.deferred,
+            cork: &mut self.cork,
+            ctx: context(&self.config, self.now),
+        };
         self.hub.for_each_peer(sender, |id| {
-            if no_echo && id == sender {
-                return;
+            if !(no_echo && id == sender) {
+                fanout.deliver(id, &frame);
             }
-            deliver(clients, dirty, deferred, id, &frame, &ctx);
         });
         self.apply_deferred();
     }
 
     /// Queues a frame to every subscriber of `topic`; returns how many.
     fn publish(&mut self, topic: &Topic, frame: SharedFrame) -> usize {
-        let ctx = context(&self.config, self.now);
-        let (clients, dirty, deferred) = (&mut self.clients, &mut self.dirty, &mut self.deferred);
-        let receivers = self.hub.for_each_subscriber(topic, |id| deliver(clients, dirty, deferred, id, &frame, &ctx));
+        let mut fanout = Fanout {
+            clients: &mut self.clients,
+            dirty: &mut self.dirty,
+            deferred: &mut self.deferred,
+            cork: &mut self.cork,
+            ctx: context(&self.config, self.now),
+        };
+        let receivers = self.hub.for_each_subscriber(topic, |id| fanout.deliver(id, &frame));
         self.apply_deferred();
         receivers
     }
@@ -416,10 +440,10 @@ impl EventLoop {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        if client.conn.write_shut {
+        if client.conn.write_shut || client.blocked {
             return;
         }
-        match queue_write(client, self.now) {
+        match queue_write(client, &mut self.cork, self.now) {
             Ok(()) => {
                 if client.conn.queue.is_empty() && client.conn.is_closing() {
                     // Our last bytes are out: close our half, then wait for
@@ -528,48 +552,53 @@ impl EventLoop {
     }
 }
 
-/// Queues `frame` to one client; a client that overflows is closed (its
-/// action is applied after the walk over the hub).
-fn deliver(
-    clients: &mut Slab<Client>,
-    dirty: &mut Vec<ClientId>,
-    deferred: &mut Vec<(ClientId, Action)>,
-    id: ClientId,
-    frame: &SharedFrame,
-    ctx: &Context,
-) {
-    let Some(client) = clients.get_mut(id) else {
-        return;
-    };
-    if !client.conn.is_open() {
-        return;
-    }
-    match client.conn.enqueue(SharedFrame::clone(frame), ctx) {
-        Action::Nothing => {}
-        action => deferred.push((id, action)),
-    }
-    // Writes wait for the end of the turn so that a burst leaves in one
-    // system call, but a burst must not overflow a client that is keeping
-    // up: at half its bound, the queue is written right away.
-    let queue = &client.conn.queue;
-    if client.conn.is_open()
-        && (queue.len() * 2 >= ctx.config.queue_messages || queue.pending_bytes() * 2 >= ctx.config.queue_bytes)
-    {
-        match queue_write(client, ctx.now) {
-            Ok(()) => {}
-            Err(e) => deferred.push((id, Action::Drop(Reason::ConnectionLost(e.kind())))),
+/// What a broadcast needs of the loop while the hub is being walked.
+struct Fanout<'a> {
+    clients: &'a mut Slab<Client>,
+    dirty: &'a mut Vec<ClientId>,
+    /// Actions of clients that overflowed, applied after the walk.
+    deferred: &'a mut Vec<(ClientId, Action)>,
+    cork: &'a mut Vec<u8>,
+    ctx: Context<'a>,
+}
+
+impl Fanout<'_> {
+    /// Queues `frame` to one client.
+    fn deliver(&mut self, id: ClientId, frame: &SharedFrame) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        if !client.conn.is_open() {
+            return;
         }
-    }
-    if !client.dirty {
-        client.dirty = true;
-        dirty.push(id);
+        match client.conn.enqueue(SharedFrame::clone(frame), &self.ctx) {
+            Action::Nothing => {}
+            action => self.deferred.push((id, action)),
+        }
+        // Writes wait for the end of the turn so that a burst leaves in one
+        // system call, but a burst must not overflow a client that is keeping
+        // up: at half its bound, the queue is written right away (unless its
+        // socket is known to be full).
+        let queue = &client.conn.queue;
+        let config = self.ctx.config;
+        if client.conn.is_open()
+            && !client.blocked
+            && (queue.len() * 2 >= config.queue_messages || queue.pending_bytes() * 2 >= config.queue_bytes)
+            && let Err(e) = queue_write(client, self.cork, self.ctx.now)
+        {
+            self.deferred.push((id, Action::Drop(Reason::ConnectionLost(e.kind()))));
+        }
+        if !client.dirty {
+            client.dirty = true;
+            self.dirty.push(id);
+        }
     }
 }
 
 /// Writes as much of the client's queue as its socket takes.
-fn queue_write(client: &mut Client, now: Millis) -> io::Result<()> {
-    let written = client.conn.queue.write_to(&mut client.stream)?;
+fn queue_write(client: &mut Client, cork: &mut Vec<u8>, now: Millis) -> io::Result<()> {
+    let written = client.conn.queue.write_to(&mut client.stream, cork)?;
     client.conn.wrote(written.bytes, now);
+    // Edge-triggered: a full socket reports writable again when it drains.
+    client.blocked = !written.drained;
     Ok(())
 }
 

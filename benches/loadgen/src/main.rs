@@ -1,0 +1,455 @@
+//! Fan-out load generator for wshub and the tokio hub.
+//!
+//! One thread, one mio loop. N WebSocket clients connect from several
+//! 127.0.0.x source addresses; client 0 also publishes. Every message carries
+//! a sequence number and its send time, so each delivery yields a latency and
+//! any loss or reordering is counted (it must be zero). The server's CPU time
+//! and RSS are read from /proc/PID, which gives ratios that survive a noisy
+//! machine: deliveries per server CPU-second and RSS per idle connection.
+//!
+//!   loadgen --addr 127.0.0.1:8080 --pid PID --clients N
+//!           [--size BYTES] [--mode closed|rate|idle] [--window W] [--rate MSGS_PER_S]
+//!           [--warmup SECS] [--duration SECS] [--sources K]
+//!
+//! closed: at most W messages in flight (a message is done when all N clients
+//! have it). rate: a fixed number of messages per second. idle: connect, wait,
+//! report RSS per connection. Prints one JSON object on stdout.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use socket2::{Domain, Socket, Type};
+
+const MASK: [u8; 4] = [0x5a, 0xc3, 0x17, 0x9e];
+/// Handshakes in progress at once (stays under the server's listen backlog).
+const CONNECT_BATCH: usize = 200;
+
+struct Options {
+    addr: SocketAddr,
+    pid: u32,
+    clients: usize,
+    size: usize,
+    mode: String,
+    window: usize,
+    rate: f64,
+    warmup: f64,
+    duration: f64,
+    sources: u8,
+}
+
+fn parse_options() -> Options {
+    let mut o = Options {
+        addr: "127.0.0.1:8080".parse().unwrap(),
+        pid: 0,
+        clients: 100,
+        size: 64,
+        mode: "closed".into(),
+        window: 16,
+        rate: 1000.0,
+        warmup: 1.0,
+        duration: 5.0,
+        sources: 4,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next().unwrap_or_else(|| fail(&format!("{arg} needs a value")));
+        match arg.as_str() {
+            "--addr" => o.addr = parsed(&arg, &value),
+            "--pid" => o.pid = parsed(&arg, &value),
+            "--clients" => o.clients = parsed(&arg, &value),
+            "--size" => o.size = parsed(&arg, &value),
+            "--mode" => o.mode = value,
+            "--window" => o.window = parsed(&arg, &value),
+            "--rate" => o.rate = parsed(&arg, &value),
+            "--warmup" => o.warmup = parsed(&arg, &value),
+            "--duration" => o.duration = parsed(&arg, &value),
+            "--sources" => o.sources = parsed(&arg, &value),
+            _ => fail(&format!("unknown argument {arg}")),
+        }
+    }
+    if o.size < 16 {
+        fail("--size must be at least 16 (sequence number and timestamp)");
+    }
+    o
+}
+
+fn parsed<T: std::str::FromStr>(arg: &str, value: &str) -> T {
+    value.parse().unwrap_or_else(|_| fail(&format!("bad value for {arg}: {value}")))
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("loadgen: {msg}");
+    std::process::exit(2)
+}
+
+#[derive(PartialEq)]
+enum State {
+    Connecting,
+    AwaitingUpgrade,
+    Open,
+}
+
+struct Conn {
+    stream: TcpStream,
+    state: State,
+    /// Unparsed bytes (a frame or response head cut by a read).
+    pending: Vec<u8>,
+    /// Bytes to send that the socket did not take yet (publisher only).
+    out: Vec<u8>,
+    next_seq: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    deliveries: u64,
+    bytes: u64,
+    lost: u64,
+    reordered: u64,
+    closed: u64,
+    latencies_us: Vec<u32>,
+}
+
+/// CPU seconds (user + system) of a process, from /proc/PID/stat.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Read and write system calls of a process so far, from /proc/PID/io.
+fn syscalls(pid: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .filter_map(|l| l.strip_prefix("syscr:").or_else(|| l.strip_prefix("syscw:")))
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn connect(addr: SocketAddr, source: u8) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, source)), 0);
+    socket.bind(&local.into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(115) || e.kind() == ErrorKind::WouldBlock => {} // EINPROGRESS
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+fn upgrade_request(addr: SocketAddr) -> Vec<u8> {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A masked binary frame: sequence number, send time (ns), padding.
+fn message_frame(seq: u64, sent_ns: u64, size: usize, out: &mut Vec<u8>) {
+    out.push(0x82);
+    if size < 126 {
+        out.push(0x80 | size as u8);
+    } else if size <= 0xffff {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&(size as u16).to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&(size as u64).to_be_bytes());
+    }
+    out.extend_from_slice(&MASK);
+    let start = out.len();
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&sent_ns.to_le_bytes());
+    out.resize(start + size, 0);
+    for (i, b) in out[start..].iter_mut().enumerate() {
+        *b ^= MASK[i % 4];
+    }
+}
+
+/// Parses complete server frames from `buf`; calls `on_message` with each
+/// data payload. Returns the bytes used.
+fn parse_frames(buf: &[u8], mut on_message: impl FnMut(&[u8])) -> usize {
+    let mut pos = 0;
+    loop {
+        let b = &buf[pos..];
+        if b.len() < 2 {
+            return pos;
+        }
+        let (len, head) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+            126 | 127 => return pos,
+            n => (n as usize, 2),
+        };
+        if b.len() < head + len {
+            return pos;
+        }
+        let opcode = b[0] & 0x0f;
+        if opcode == 1 || opcode == 2 {
+            on_message(&b[head..head + len]);
+        }
+        pos += head + len;
+    }
+}
+
+fn main() {
+    let o = parse_options();
+    let pid = o.pid.to_string();
+    let mut poll = Poll::new().expect("poll");
+    let mut events = Events::with_capacity(4096);
+    let mut conns: Vec<Conn> = Vec::with_capacity(o.clients);
+    let rss_before = rss_kib(o.pid);
+    let request = upgrade_request(o.addr);
+    let clock = Instant::now();
+    let now_ns = || clock.elapsed().as_nanos() as u64;
+
+    // Connect everyone, CONNECT_BATCH handshakes at a time.
+    let mut opened = 0;
+    let connect_deadline = Instant::now() + Duration::from_secs(120);
+    while opened < o.clients {
+        while conns.len() < o.clients && conns.len() - opened < CONNECT_BATCH {
+            let i = conns.len();
+            let source = 1 + (i % o.sources.max(1) as usize) as u8;
+            let mut stream = connect(o.addr, source).unwrap_or_else(|e| fail(&format!("connect #{i}: {e}")));
+            poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE).expect("register");
+            conns.push(Conn { stream, state: State::Connecting, pending: Vec::new(), out: Vec::new(), next_seq: 0 });
+        }
+        poll.poll(&mut events, Some(Duration::from_millis(100))).expect("poll");
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            if c.state == State::Connecting && event.is_writable() {
+                if let Err(e) = c.stream.write_all(&request) {
+                    fail(&format!("sending upgrade: {e}"));
+                }
+                c.state = State::AwaitingUpgrade;
+            }
+            if c.state == State::AwaitingUpgrade && event.is_readable() {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match c.stream.read(&mut buf) {
+                        Ok(0) => fail("server closed during the upgrade"),
+                        Ok(n) => c.pending.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) => fail(&format!("upgrade: {e}")),
+                    }
+                }
+                if let Some(end) = c.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                    if !c.pending.starts_with(b"HTTP/1.1 101") {
+                        fail(&format!("upgrade refused: {}", String::from_utf8_lossy(&c.pending[..end])));
+                    }
+                    c.pending.drain(..end + 4);
+                    c.state = State::Open;
+                    opened += 1;
+                }
+            }
+        }
+        if Instant::now() > connect_deadline {
+            fail(&format!("only {opened} of {} clients connected in time", o.clients));
+        }
+    }
+
+    if o.mode == "idle" {
+        // Let the server settle (lazy frees, page faults), then read its RSS.
+        std::thread::sleep(Duration::from_secs(2));
+        let rss_after = rss_kib(o.pid);
+        let per_conn = (rss_after.saturating_sub(rss_before) * 1024) as f64 / o.clients as f64;
+        println!(
+            "{{\"mode\":\"idle\",\"clients\":{},\"rss_before_kib\":{rss_before},\"rss_kib\":{rss_after},\"bytes_per_conn\":{per_conn:.0}}}",
+            o.clients
+        );
+        return;
+    }
+
+    // Load: client 0 publishes; everyone (client 0 included) receives.
+    let n = o.clients as u32;
+    let window = o.window.max(1);
+    let mut in_flight = 0usize;
+    let mut done_count: Vec<u32> = vec![0; window];
+    let mut next_seq: u64 = 0;
+    let mut tally = Tally::default();
+    let mut recording = false;
+    let start = Instant::now();
+    let warmup_end = start + Duration::from_secs_f64(o.warmup);
+    let end = warmup_end + Duration::from_secs_f64(o.duration);
+    let mut cpu_server_start = 0.0;
+    let mut cpu_self_start = 0.0;
+    let mut syscalls_start = 0;
+    let mut window_start = start;
+    let mut scratch = vec![0u8; 256 * 1024];
+    let rate_interval = Duration::from_secs_f64(1.0 / o.rate.max(1e-3));
+    let mut next_send = start;
+    let closed_loop = o.mode == "closed";
+
+    loop {
+        let now = Instant::now();
+        if !recording && now >= warmup_end {
+            recording = true;
+            window_start = now;
+            cpu_server_start = cpu_seconds(&pid);
+            cpu_self_start = cpu_seconds("self");
+            syscalls_start = syscalls(&pid);
+        }
+        if now >= end {
+            break;
+        }
+        // Publish what the mode allows.
+        let publisher = &mut conns[0];
+        if closed_loop {
+            while in_flight < window {
+                message_frame(next_seq, now_ns(), o.size, &mut publisher.out);
+                next_seq += 1;
+                in_flight += 1;
+            }
+        } else {
+            while next_send <= now {
+                message_frame(next_seq, now_ns(), o.size, &mut publisher.out);
+                next_seq += 1;
+                next_send += rate_interval;
+            }
+        }
+        if !publisher.out.is_empty() {
+            match publisher.stream.write(&publisher.out) {
+                Ok(k) => {
+                    publisher.out.drain(..k);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => fail(&format!("publish: {e}")),
+            }
+        }
+
+        let timeout = if closed_loop { Duration::from_millis(50) } else { next_send.saturating_duration_since(now) };
+        poll.poll(&mut events, Some(timeout)).expect("poll");
+        let received_ns = now_ns();
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            if c.state != State::Open || !event.is_readable() {
+                continue;
+            }
+            loop {
+                let r = c.stream.read(&mut scratch);
+                let got = match r {
+                    Ok(0) => {
+                        tally.closed += 1;
+                        c.state = State::Connecting;
+                        break;
+                    }
+                    Ok(k) => k,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        tally.closed += 1;
+                        c.state = State::Connecting;
+                        break;
+                    }
+                };
+                let data: &[u8] = if c.pending.is_empty() {
+                    &scratch[..got]
+                } else {
+                    c.pending.extend_from_slice(&scratch[..got]);
+                    &c.pending
+                };
+                let mut messages = 0u64;
+                let mut bytes = 0u64;
+                let expected = &mut c.next_seq;
+                let used = parse_frames(data, |payload| {
+                    let seq = u64::from_le_bytes(payload[..8].try_into().unwrap());
+                    let sent = u64::from_le_bytes(payload[8..16].try_into().unwrap());
+                    if seq != *expected {
+                        if seq > *expected {
+                            tally.lost += seq - *expected;
+                        } else {
+                            tally.reordered += 1;
+                        }
+                    }
+                    *expected = seq + 1;
+                    messages += 1;
+                    bytes += payload.len() as u64;
+                    if recording {
+                        tally.latencies_us.push((received_ns.saturating_sub(sent) / 1000) as u32);
+                    }
+                    if closed_loop {
+                        let slot = &mut done_count[(seq % window as u64) as usize];
+                        *slot += 1;
+                        if *slot == n {
+                            *slot = 0;
+                            in_flight -= 1;
+                        }
+                    }
+                });
+                if recording {
+                    tally.deliveries += messages;
+                    tally.bytes += bytes;
+                }
+                if c.pending.is_empty() {
+                    c.pending.extend_from_slice(&scratch[used..got]);
+                } else {
+                    c.pending.drain(..used);
+                }
+                // A short read drained the socket; a new edge comes with new data.
+                if got < scratch.len() {
+                    break;
+                }
+            }
+        }
+    }
+
+    let wall = window_start.elapsed().as_secs_f64();
+    let server_cpu = cpu_seconds(&pid) - cpu_server_start;
+    let self_cpu = cpu_seconds("self") - cpu_self_start;
+    let server_syscalls = syscalls(&pid) - syscalls_start;
+    let mut lat = std::mem::take(&mut tally.latencies_us);
+    lat.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i] as f64 / 1000.0
+    };
+    let saturated = self_cpu > 0.9 * wall;
+    if saturated {
+        eprintln!(
+            "loadgen: WARNING: the load generator itself used {self_cpu:.2} CPU-s in {wall:.2} s: it is saturated"
+        );
+    }
+    println!(
+        "{{\"mode\":\"{}\",\"clients\":{},\"size\":{},\"deliveries\":{},\"deliveries_per_s\":{:.0},\"server_cpu_s\":{:.2},\"deliveries_per_cpu_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"rss_kib\":{},\"deliveries_per_syscall\":{:.1},\"lost\":{},\"reordered\":{},\"closed\":{},\"loadgen_cpu_s\":{:.2},\"wall_s\":{:.2},\"loadgen_saturated\":{}}}",
+        o.mode,
+        o.clients,
+        o.size,
+        tally.deliveries,
+        tally.deliveries as f64 / wall,
+        server_cpu,
+        if server_cpu > 0.0 { tally.deliveries as f64 / server_cpu } else { 0.0 },
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0),
+        rss_kib(o.pid),
+        tally.deliveries as f64 / server_syscalls.max(1) as f64,
+        tally.lost,
+        tally.reordered,
+        tally.closed,
+        self_cpu,
+        wall,
+        saturated
+    );
+}
