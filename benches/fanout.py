@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""wshub vs the tokio hub, fan-out and memory, in one run.
+
+    python3 benches/fanout.py [--quick]
+
+Builds wshub, benches/tokio-hub and benches/loadgen in release, then runs
+each scenario against each server one after the other (alternating, repeated,
+medians reported), with the server pinned to core 0 and the load generator to
+core 1. Prints a Markdown table. Loopback only; every process it starts is
+stopped by PID. About 4 minutes (--quick: about 1).
+"""
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+QUICK = "--quick" in sys.argv
+REPEAT = 1 if QUICK else 3
+DURATION = "2" if QUICK else "3"
+
+SERVERS = {
+    "wshub": [os.path.join(REL, "wshub"), "--log-level", "warn", "--max-connections", "20000"],
+    "tokio": [os.path.join(REL, "tokio-hub")],
+    "tokio-mt": [os.path.join(REL, "tokio-hub"), "--runtime", "multi"],
+    "tokio-4k": [os.path.join(REL, "tokio-hub"), "--buffers", "4096"],
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(server):
+    port = free_port()
+    cmd = SERVERS[server] + ["--listen", f"127.0.0.1:{port}"]
+    # The multi-thread runtime gets both cores; everything else one.
+    cores = "0,1" if server == "tokio-mt" else "0"
+    proc = subprocess.Popen(["taskset", "-c", cores] + cmd, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"{server} did not start")
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def loadgen(server, args):
+    proc, port = start(server)
+    try:
+        out = subprocess.run(
+            ["taskset", "-c", "1", os.path.join(REL, "loadgen"), "--addr", f"127.0.0.1:{port}",
+             "--pid", str(proc.pid)] + args,
+            capture_output=True, text=True, timeout=300)
+    finally:
+        stop(proc)
+    if out.returncode != 0:
+        raise SystemExit(f"loadgen failed against {server}: {out.stderr}")
+    if out.stderr.strip():
+        print(f"  [{server}] {out.stderr.strip()}", file=sys.stderr)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def median_run(server, args):
+    runs = [loadgen(server, args) for _ in range(REPEAT)]
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    result = {k: statistics.median(r[k] for r in runs) for k in keys}
+    result["lost"] = sum(r["lost"] for r in runs)
+    result["reordered"] = sum(r["reordered"] for r in runs)
+    result["saturated"] = any(r.get("loadgen_saturated") for r in runs)
+    return result
+
+
+def fmt_rate(v):
+    return f"{v / 1e6:.2f} M"
+
+
+def main():
+    print("building (release)...", file=sys.stderr)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "wshub", "-p", "tokio-hub", "-p", "loadgen"],
+                   cwd=ROOT, check=True)
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as f:
+        m = re.search(r"model name\s*:\s*(.*)", f.read())
+        if m:
+            cpu = m.group(1)
+    print(f"machine: {os.cpu_count()} cores, {cpu}; kernel {os.uname().release}", file=sys.stderr)
+
+    rows = []
+
+    def load_row(label, args, servers=("wshub", "tokio")):
+        results = {}
+        # alternate servers within each repetition so drift hits both alike
+        for s in servers:
+            print(f"  {label}: {s}", file=sys.stderr)
+            results[s] = median_run(s, args)
+        base = results.get("tokio")
+        for s in servers:
+            r = results[s]
+            cpu_ratio = p99_ratio = ""
+            if s != "tokio" and base and base["deliveries_per_cpu_s"] > 0:
+                cpu_ratio = f"{r['deliveries_per_cpu_s'] / base['deliveries_per_cpu_s']:.2f}x"
+                p99_ratio = f"{r['p99_ms'] / base['p99_ms']:.2f}x"
+            note = f"{int(r['lost'])}/{int(r['reordered'])}" + (" (loadgen saturated)" if r["saturated"] else "")
+            rows.append([label, s, fmt_rate(r["deliveries_per_s"]), fmt_rate(r["deliveries_per_cpu_s"]), cpu_ratio,
+                         f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", p99_ratio, f"{r['rss_kib'] / 1024:.1f} MiB", note])
+        return results
+
+    common = ["--mode", "closed", "--window", "16", "--warmup", "1", "--duration", DURATION]
+    main_run = load_row("N=1000, 64 B, W=16", ["--clients", "1000", "--size", "64"] + common,
+                        servers=("wshub", "tokio", "tokio-mt"))
+    load_row("N=100, 64 B, W=16", ["--clients", "100", "--size", "64"] + common)
+    load_row("N=1000, 1 KiB, W=16", ["--clients", "1000", "--size", "1024"] + common)
+    load_row("N=1000, 16 KiB, W=16", ["--clients", "1000", "--size", "16384"] + common)
+    load_row("N=10000, 64 B, W=16", ["--clients", "10000", "--size", "64"] + common)
+
+    # Latency at equal load: half of tokio's closed-loop maximum, then a
+    # tenth of that, where neither server is busy.
+    rate = main_run["tokio"]["deliveries_per_s"] / 2 / 1000
+    for r in (rate, rate / 10):
+        load_row(f"N=1000, 64 B, fixed {r:.0f} msg/s",
+                 ["--clients", "1000", "--size", "64", "--mode", "rate", "--rate", f"{r:.0f}",
+                  "--warmup", "1", "--duration", DURATION])
+
+    print("\n| scenario | server | deliveries/s | deliveries per server CPU-s | vs tokio | p50 ms | p99 ms | p99 vs tokio | server RSS | lost/reordered |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+    print("\n| idle connections | server | RSS before | RSS after | bytes per connection |")
+    print("| --- | --- | --- | --- | --- |")
+    for n in ([10000] if QUICK else [10000, 19000]):
+        for s in ("wshub", "tokio", "tokio-4k"):
+            print(f"  idle {n}: {s}", file=sys.stderr)
+            r = loadgen(s, ["--clients", str(n), "--mode", "idle"])
+            print(f"| {n} | {s} | {r['rss_before_kib'] / 1024:.1f} MiB | {r['rss_kib'] / 1024:.1f} MiB | {r['bytes_per_conn']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
