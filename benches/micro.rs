@@ -130,8 +130,9 @@ fn main() {
             c.queue.write_to(&mut sink, &mut cork).unwrap();
         }
         let rounds = 20;
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let mut allocated = 0;
         let t = median(rounds, || {
+            let before = ALLOCATIONS.load(Ordering::Relaxed);
             let frame = frame::encode_message(MessageKind::Text, &[b'x'; 64]);
             let start = Instant::now();
             for c in conns.iter_mut() {
@@ -144,9 +145,11 @@ fn main() {
             for c in conns.iter_mut() {
                 c.queue.write_to(&mut sink, &mut cork).unwrap();
             }
+            drop(frame);
+            allocated += ALLOCATIONS.load(Ordering::Relaxed) - before;
             enqueued
         });
-        let allocations = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / rounds as f64;
+        let allocations = allocated as f64 / rounds as f64;
         println!(
             "| enqueue one 64 B broadcast to {receivers} receivers | {:.1} ns per receiver, {allocations:.1} allocations per broadcast |",
             t.as_nanos() as f64 / receivers as f64

@@ -123,15 +123,6 @@ fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Read and write system calls of a process so far, from /proc/PID/io.
-fn syscalls(pid: &str) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    io.lines()
-        .filter_map(|l| l.strip_prefix("syscr:").or_else(|| l.strip_prefix("syscw:")))
-        .filter_map(|v| v.trim().parse::<u64>().ok())
-        .sum()
-}
-
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -291,7 +282,6 @@ fn main() {
     let end = warmup_end + Duration::from_secs_f64(o.duration);
     let mut cpu_server_start = 0.0;
     let mut cpu_self_start = 0.0;
-    let mut syscalls_start = 0;
     let mut window_start = start;
     let mut scratch = vec![0u8; 256 * 1024];
     let rate_interval = Duration::from_secs_f64(1.0 / o.rate.max(1e-3));
@@ -305,7 +295,6 @@ fn main() {
             window_start = now;
             cpu_server_start = cpu_seconds(&pid);
             cpu_self_start = cpu_seconds("self");
-            syscalls_start = syscalls(&pid);
         }
         if now >= end {
             break;
@@ -414,7 +403,6 @@ fn main() {
     let wall = window_start.elapsed().as_secs_f64();
     let server_cpu = cpu_seconds(&pid) - cpu_server_start;
     let self_cpu = cpu_seconds("self") - cpu_self_start;
-    let server_syscalls = syscalls(&pid) - syscalls_start;
     let mut lat = std::mem::take(&mut tally.latencies_us);
     lat.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -431,7 +419,7 @@ fn main() {
         );
     }
     println!(
-        "{{\"mode\":\"{}\",\"clients\":{},\"size\":{},\"deliveries\":{},\"deliveries_per_s\":{:.0},\"server_cpu_s\":{:.2},\"deliveries_per_cpu_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"rss_kib\":{},\"deliveries_per_syscall\":{:.1},\"lost\":{},\"reordered\":{},\"closed\":{},\"loadgen_cpu_s\":{:.2},\"wall_s\":{:.2},\"loadgen_saturated\":{}}}",
+        "{{\"mode\":\"{}\",\"clients\":{},\"size\":{},\"deliveries\":{},\"deliveries_per_s\":{:.0},\"server_cpu_s\":{:.2},\"deliveries_per_cpu_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"rss_kib\":{},\"lost\":{},\"reordered\":{},\"closed\":{},\"loadgen_cpu_s\":{:.2},\"wall_s\":{:.2},\"loadgen_saturated\":{}}}",
         o.mode,
         o.clients,
         o.size,
@@ -444,7 +432,6 @@ fn main() {
         pct(0.999),
         pct(1.0),
         rss_kib(o.pid),
-        tally.deliveries as f64 / server_syscalls.max(1) as f64,
         tally.lost,
         tally.reordered,
         tally.closed,

@@ -65,6 +65,8 @@ async fn serve(listen: String, config: WebSocketConfig) {
     }
 }
 
+// The callback's error type is tungstenite's `ErrorResponse`, not ours to shrink.
+#[allow(clippy::result_large_err)]
 async fn handle(stream: TcpStream, id: u64, clients: Clients, config: WebSocketConfig) {
     let only_ws = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == "/ws" {
