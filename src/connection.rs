@@ -177,8 +177,12 @@ impl Connection {
             Ok(None) => return (input.len(), Action::Nothing),
             Err(rejection) => return (input.len(), self.reject(rejection, ctx)),
         };
-        // Bytes of `input` past the head belong to the next phase.
-        let consumed = head_len - before;
+        // Bytes of `input` past the head belong to the next phase. (The head
+        // cannot have ended in bytes of an earlier read: `head_complete`
+        // notices every terminator httparse accepts. Be safe regardless.)
+        let Some(consumed) = head_len.checked_sub(before) else {
+            return (input.len(), self.reject(Rejection { status: 400, reason: "malformed request" }, ctx));
+        };
         let action = match request {
             Request::Health => self.respond(200, "text/plain", "ok\n", Reason::HttpDone, ctx),
             Request::Upgrade { accept_key, topics } => {
@@ -474,6 +478,33 @@ mod tests {
         let mut local = Connection::new(0, true);
         let actions = feed(&mut local, big, &ctx(&open, 0));
         assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 413, .. }))));
+    }
+
+    #[test]
+    fn random_bytes_in_any_phase_never_panic() {
+        let config = Config { max_message_size: 512, ..Config::default() };
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let prefixes: [&[u8]; 4] = [b"", UPGRADE, b"POST /publish/t HTTP/1.1\r\nContent-Length: 9\r\n\r\n", b"GET /"];
+        for round in 0..2000 {
+            let mut conn = Connection::new(0, round % 2 == 0);
+            let mut bytes = prefixes[round % prefixes.len()].to_vec();
+            let noise = (next() % 400) as usize;
+            bytes.extend((0..noise).map(|_| next() as u8));
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let end = (pos + 1 + (next() % 64) as usize).min(bytes.len());
+                feed(&mut conn, &bytes[pos..end], &ctx(&config, round as u64));
+                pos = end;
+            }
+            let _ = conn.tick(&ctx(&config, 100_000));
+            let _ = sent(&mut conn);
+        }
     }
 
     #[test]

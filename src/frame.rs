@@ -598,6 +598,51 @@ mod tests {
         assert!(std::str::from_utf8(&close[4..]).is_ok());
     }
 
+    /// A small deterministic generator, so the test needs no dependency.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_streams_in_random_pieces_never_panic_and_agree_with_whole_reads() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..3000 {
+            // Mostly well-formed frames with random first bytes and payloads,
+            // sometimes plain noise.
+            let mut stream = Vec::new();
+            for _ in 0..1 + rng.below(4) {
+                if rng.below(8) == 0 {
+                    stream.extend((0..rng.below(20)).map(|_| rng.next() as u8));
+                } else {
+                    let first = [0x81u8, 0x82, 0x01, 0x00, 0x80, 0x89, 0x8a, 0x88, rng.next() as u8][rng.below(9)];
+                    let payload: Vec<u8> = (0..rng.below(300)).map(|_| rng.next() as u8).collect();
+                    stream.extend(client_frame(first, &payload));
+                }
+            }
+            let whole = run(&[&stream]);
+            let mut pieces = Vec::new();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let (a, b) = rest.split_at(1 + rng.below(rest.len()));
+                pieces.push(a);
+                rest = b;
+            }
+            assert_eq!(run(&pieces), whole, "{stream:?} in {} pieces", pieces.len());
+            if let Err(e) = whole {
+                assert!(matches!(e.code, CloseCode::Protocol | CloseCode::Invalid | CloseCode::Size));
+            }
+        }
+    }
+
     #[test]
     fn unmask_at_any_offset() {
         let mask = [1, 2, 3, 4];

@@ -51,12 +51,14 @@ const fn reject(status: u16, reason: &'static str) -> Rejection {
     Rejection { status, reason }
 }
 
-/// True once `buf` holds the blank line that ends a head. `scanned` is how
-/// much of `buf` an earlier call already looked at.
+/// True once `buf` may hold the blank line that ends a head: a line feed
+/// followed by another, with or without a carriage return between (httparse
+/// accepts all of these). `scanned` is how much of `buf` an earlier call
+/// already looked at.
 pub fn head_complete(buf: &[u8], scanned: usize) -> bool {
-    let from = scanned.saturating_sub(3);
+    let from = scanned.saturating_sub(2);
     let tail = &buf[from..];
-    tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n")
+    tail.windows(2).enumerate().any(|(i, pair)| pair == b"\n\n" || (pair == b"\n\r" && tail.get(i + 2) == Some(&b'\n')))
 }
 
 /// Parses a complete or partial request head. `Ok(None)`: need more bytes.
@@ -277,6 +279,22 @@ mod tests {
         }
         assert!(head_complete(bytes, bytes.len() - 1));
         assert!(parse_request(bytes).unwrap().is_some());
+    }
+
+    #[test]
+    fn every_head_terminator_httparse_accepts_is_noticed() {
+        for ending in ["\r\n\r\n", "\n\n", "\r\n\n", "\n\r\n"] {
+            let req = format!("GET /healthz HTTP/1.1\r\nHost: x{ending}");
+            let bytes = req.as_bytes();
+            let (_, len) = parse_request(bytes).unwrap().unwrap();
+            // noticed no later than httparse completes, fed at any split
+            for split in 0..bytes.len() {
+                let first = head_complete(&bytes[..split], 0);
+                let second = head_complete(bytes, split);
+                assert!(first || second, "{ending:?} split at {split}");
+                assert!(!first || split >= len, "{ending:?} noticed early at {split}");
+            }
+        }
     }
 
     #[test]

@@ -297,7 +297,14 @@ impl EventLoop {
             };
             let (used, action) = client.conn.receive(&mut self.scratch[pos..n], &ctx);
             pos += used;
+            let stalled = used == 0 && matches!(action, Action::Nothing);
             self.apply(key, action);
+            if stalled {
+                // Cannot happen (every call consumes or acts), but a loop that
+                // makes no progress must not hang the hub.
+                log::error!("connection state machine made no progress; dropping the rest of the read");
+                break;
+            }
         }
         self.mark_dirty(key);
     }
