@@ -398,29 +398,39 @@ pub fn encode_pong(payload: &[u8]) -> SharedFrame {
     encode(OpCode::Control(Control::Pong), payload)
 }
 
+/// A frame as a client sends it: `first` is the first header byte (FIN,
+/// RSV bits, opcode, taken as given so tests can send any of them), the
+/// payload masked with `mask`. For tests, benchmarks and Rust clients.
+pub fn encode_client(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let len = payload.len() as u64;
+    let mut out = Vec::with_capacity(MAX_HEADER + payload.len());
+    out.push(first);
+    match len {
+        0..=125 => out.push(0x80 | len as u8),
+        126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], mask, 0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MAX: usize = 1 << 20;
 
-    /// A masked client frame.
     fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut out = vec![first];
-        let len = payload.len();
-        if len < 126 {
-            out.push(0x80 | len as u8);
-        } else if len <= 0xffff {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
+        encode_client(first, payload, [0x37, 0xfa, 0x21, 0x3d])
     }
 
     #[derive(Debug, PartialEq, Eq)]

@@ -383,14 +383,8 @@ impl EventLoop {
     /// Queues a client's message to every client on its topics.
     fn broadcast_from(&mut self, sender: ClientId, frame: SharedFrame) {
         let no_echo = self.config.no_echo;
-        let mut fanout = Fanout {
-            clients: &mut self.clients,
-            dirty: &mut self.dirty,
-            deferred: &mut self.deferred,
-            cork: &mut self.cork,
-            ctx: context(&self.config, self.now),
-        };
-        self.hub.for_each_peer(sender, |id| {
+        let (hub, mut fanout) = self.fanout();
+        hub.for_each_peer(sender, |id| {
             if !(no_echo && id == sender) {
                 fanout.deliver(id, &frame);
             }
@@ -400,16 +394,22 @@ impl EventLoop {
 
     /// Queues a frame to every subscriber of `topic`; returns how many.
     fn publish(&mut self, topic: &Topic, frame: SharedFrame) -> usize {
-        let mut fanout = Fanout {
+        let (hub, mut fanout) = self.fanout();
+        let receivers = hub.for_each_subscriber(topic, |id| fanout.deliver(id, &frame));
+        self.apply_deferred();
+        receivers
+    }
+
+    /// The hub, and the rest of the loop a broadcast writes to, borrowed apart.
+    fn fanout(&mut self) -> (&mut Hub, Fanout<'_>) {
+        let fanout = Fanout {
             clients: &mut self.clients,
             dirty: &mut self.dirty,
             deferred: &mut self.deferred,
             cork: &mut self.cork,
             ctx: context(&self.config, self.now),
         };
-        let receivers = self.hub.for_each_subscriber(topic, |id| fanout.deliver(id, &frame));
-        self.apply_deferred();
-        receivers
+        (&mut self.hub, fanout)
     }
 
     fn apply_deferred(&mut self) {
