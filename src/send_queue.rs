@@ -113,24 +113,25 @@ impl SendQueue {
     /// `cork` is scratch space shared by all queues of the loop.
     pub fn write_to<W: Write>(&mut self, writer: &mut W, cork: &mut Vec<u8>) -> io::Result<Written> {
         let mut total = 0;
-        while !self.frames.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                let start = if i == 0 { self.offset } else { 0 };
-                slices[i] = IoSlice::new(&frame[start..]);
-                count += 1;
-            }
-            let slices = &slices[..count];
-            let small: usize = slices.iter().map(|s| s.len()).sum();
-            let result = if count > 1 && small <= CORK_BYTES {
+        while let Some(front) = self.frames.front() {
+            let result = if self.frames.len() == 1 {
+                writer.write(&front[self.offset..])
+            } else if self.pending <= CORK_BYTES {
                 cork.clear();
-                for s in slices {
-                    cork.extend_from_slice(s);
+                cork.extend_from_slice(&front[self.offset..]);
+                for frame in self.frames.iter().skip(1) {
+                    cork.extend_from_slice(frame);
                 }
                 writer.write(cork)
             } else {
-                writer.write_vectored(slices)
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+                    let start = if count == 0 { self.offset } else { 0 };
+                    *slot = IoSlice::new(&frame[start..]);
+                    count += 1;
+                }
+                writer.write_vectored(&slices[..count])
             };
             match result {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
