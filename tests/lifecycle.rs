@@ -63,12 +63,24 @@ struct Binary {
 
 impl Binary {
     fn start(args: &[&str]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wshub"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        Binary::spawn(command)
+    }
+
+    /// Starts wshub allowed at most `files` open file descriptors.
+    fn start_with_fd_limit(files: u32) -> Binary {
+        let mut command = Command::new("bash");
+        command.args([
+            "-c",
+            &format!("ulimit -n {files} && exec \"$0\" --listen 127.0.0.1:0"),
+            env!("CARGO_BIN_EXE_wshub"),
+        ]);
+        Binary::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Binary {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let mut log = BufReader::new(child.stderr.take().unwrap());
         let mut line = String::new();
         let addr = loop {
@@ -149,6 +161,51 @@ fn sigint_stops_accepting_and_exits_within_the_shutdown_timeout() {
     assert_eq!(bin.wait_exit().code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(TcpStream::connect(bin.addr).is_err(), "no longer accepting");
+}
+
+/// CPU seconds used so far by a process (utime + stime, in clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+#[test]
+fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
+    let mut bin = Binary::start_with_fd_limit(24);
+    // More connections than descriptors: the rest wait in the backlog.
+    let mut held: Vec<RawWs> = Vec::new();
+    let mut extra: Vec<TcpStream> = Vec::new();
+    for _ in 0..12 {
+        held.push(RawWs::connect(bin.addr, "/ws"));
+    }
+    for _ in 0..20 {
+        extra.push(TcpStream::connect(bin.addr).unwrap());
+    }
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(bin.log.read_line(&mut line).unwrap() > 0, "wshub exited");
+        if line.contains("pausing accepts") {
+            break;
+        }
+    }
+    let before = cpu_seconds(bin.child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(bin.child.id()) - before;
+    assert!(used < 0.5, "the loop spun while out of descriptors: {used} CPU-s in 1 s");
+    // Held clients still work while accepting is paused.
+    held[0].send_frame(0x81, b"still here");
+    assert_eq!(held[0].read_frame().payload, b"still here");
+    // Freeing descriptors lets the backlog in again.
+    drop(held);
+    drop(extra);
+    wait_until("accepting again", || {
+        let response = http(bin.addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+        response.starts_with("HTTP/1.1 200")
+    });
+    bin.signal("TERM");
+    assert_eq!(bin.wait_exit().code(), Some(0));
 }
 
 #[test]
