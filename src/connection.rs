@@ -20,7 +20,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::config::Config;
 use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, SharedFrame};
 use crate::http::{self, PublishHead, Rejection, Request};
-use crate::send_queue::{Overflow, QueueLimits, SendQueue};
+use crate::send_queue::{QueueLimits, SendQueue};
 use crate::topic::Topic;
 
 /// Milliseconds since the server started: the loop's coarse clock.
@@ -250,20 +250,23 @@ impl Connection {
     /// The driver delivered this connection's publish to `receivers` clients.
     pub fn published(&mut self, receivers: usize, now: Millis) {
         let body = format!("{{\"receivers\": {receivers}}}\n");
-        self.queue.push_unbounded(Rc::from(http::response(200, "application/json", &body)));
-        self.phase = Phase::Closing { deadline: now + millis(CLOSE_LINGER) };
+        self.send_last(Rc::from(http::response(200, "application/json", &body)), now);
     }
 
     fn respond(&mut self, status: u16, content_type: &str, body: &str, reason: Reason, ctx: &Context) -> Action {
-        self.queue.push_unbounded(Rc::from(http::response(status, content_type, body)));
-        self.phase = Phase::Closing { deadline: ctx.now + millis(CLOSE_LINGER) };
+        self.send_last(Rc::from(http::response(status, content_type, body)), ctx.now);
         Action::Closing(reason)
     }
 
     fn reject(&mut self, rejection: Rejection, ctx: &Context) -> Action {
-        self.queue.push_unbounded(Rc::from(http::rejection_response(rejection)));
-        self.phase = Phase::Closing { deadline: ctx.now + millis(CLOSE_LINGER) };
+        self.send_last(Rc::from(http::rejection_response(rejection)), ctx.now);
         Action::Closing(Reason::Rejected(rejection))
+    }
+
+    /// Queues the last bytes this connection sends and starts closing.
+    fn send_last(&mut self, bytes: SharedFrame, now: Millis) {
+        self.queue.push_unbounded(bytes);
+        self.phase = Phase::Closing { deadline: now + millis(CLOSE_LINGER) };
     }
 
     /// Queues a frame for this client within its bounds; a client whose queue
@@ -278,15 +281,20 @@ impl Connection {
                 }
                 Action::Nothing
             }
-            Err(overflow) => self.drop_slow(overflow, ctx),
+            Err(overflow) => self.drop_slow(overflow.describe(), ctx),
         }
     }
 
-    fn drop_slow(&mut self, overflow: Overflow, ctx: &Context) -> Action {
+    /// Ends a client that does not keep up: close 1013 for a WebSocket
+    /// client, a plain drop for anything else.
+    fn drop_slow(&mut self, why: &'static str, ctx: &Context) -> Action {
+        if !self.is_open() {
+            return Action::Drop(Reason::SlowConsumer(why));
+        }
         // What is queued will not be read in time anyway; the close frame
         // goes right after whatever frame is half written.
         self.queue.discard_unstarted();
-        self.close(CloseCode::Again, "slow consumer", Reason::SlowConsumer(overflow.describe()), ctx)
+        self.close(CloseCode::Again, "slow consumer", Reason::SlowConsumer(why), ctx)
     }
 
     /// Starts the closing handshake with `code` after what is already queued.
@@ -295,8 +303,7 @@ impl Connection {
             return Action::Nothing;
         }
         if self.is_open() {
-            self.queue.push_unbounded(frame::encode_close(code, why));
-            self.phase = Phase::Closing { deadline: ctx.now + millis(CLOSE_LINGER) };
+            self.send_last(frame::encode_close(code, why), ctx.now);
             Action::Closing(reason)
         } else {
             Action::Drop(reason)
@@ -315,7 +322,7 @@ impl Connection {
         let config = ctx.config;
         let now = ctx.now;
         if !self.queue.is_empty() && !self.is_closing() && now >= self.last_progress + millis(config.write_timeout) {
-            return self.drop_slow_stalled(ctx);
+            return self.drop_slow("send queue stalled", ctx);
         }
         match &mut self.phase {
             Phase::Request { since, .. } | Phase::PublishBody { since, .. } => {
@@ -341,15 +348,6 @@ impl Connection {
             }
         }
         Action::Nothing
-    }
-
-    fn drop_slow_stalled(&mut self, ctx: &Context) -> Action {
-        if self.is_open() {
-            self.queue.discard_unstarted();
-            self.close(CloseCode::Again, "slow consumer", Reason::SlowConsumer("send queue stalled"), ctx)
-        } else {
-            Action::Drop(Reason::SlowConsumer("response stalled"))
-        }
     }
 
     /// Starts a graceful shutdown of this connection: open clients get their
@@ -398,11 +396,7 @@ mod tests {
     const UPGRADE: &[u8] = b"GET /ws?topic=x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut out = vec![first, 0x80 | payload.len() as u8];
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
+        frame::encode_client(first, payload, [1, 2, 3, 4])
     }
 
     #[test]
