@@ -46,6 +46,16 @@ struct Client {
     blocked: bool,
 }
 
+impl Client {
+    /// Lists the client for this turn's writes if it has bytes queued.
+    fn mark_dirty(&mut self, key: ClientId, dirty: &mut Vec<ClientId>) {
+        if !self.dirty && !self.conn.queue.is_empty() {
+            self.dirty = true;
+            dirty.push(key);
+        }
+    }
+}
+
 /// A bound hub, ready to [`run`](Server::run). It holds no connection state
 /// yet, so it can be moved to the thread that will run it.
 pub struct Server {
@@ -419,12 +429,8 @@ impl EventLoop {
     }
 
     fn mark_dirty(&mut self, key: ClientId) {
-        if let Some(client) = self.clients.get_mut(key)
-            && !client.dirty
-            && !client.conn.queue.is_empty()
-        {
-            client.dirty = true;
-            self.dirty.push(key);
+        if let Some(client) = self.clients.get_mut(key) {
+            client.mark_dirty(key, &mut self.dirty);
         }
     }
 
@@ -493,10 +499,7 @@ impl EventLoop {
                 Action::Nothing => {}
                 action => self.deferred.push((key, action)),
             }
-            if !client.dirty && !client.conn.queue.is_empty() && !client.conn.write_shut {
-                client.dirty = true;
-                self.dirty.push(key);
-            }
+            client.mark_dirty(key, &mut self.dirty);
         }
         self.apply_deferred();
     }
@@ -593,10 +596,7 @@ impl Fanout<'_> {
         {
             self.deferred.push((id, Action::Drop(Reason::ConnectionLost(e.kind()))));
         }
-        if !client.dirty {
-            client.dirty = true;
-            self.dirty.push(id);
-        }
+        client.mark_dirty(id, self.dirty);
     }
 }
 
