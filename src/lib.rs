@@ -22,3 +22,8 @@ pub use config::Config;
 pub use publisher::{Message, PublishError, Publisher};
 pub use server::Server;
 pub use topic::Topic;
+
+/// Compiles the README's Rust example as a doc test, so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
