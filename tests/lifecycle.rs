@@ -172,14 +172,14 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 #[test]
 fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
-    let mut bin = Binary::start_with_fd_limit(24);
+    let mut bin = Binary::start_with_fd_limit(32);
     // More connections than descriptors: the rest wait in the backlog.
     let mut held: Vec<RawWs> = Vec::new();
     let mut extra: Vec<TcpStream> = Vec::new();
     for _ in 0..12 {
         held.push(RawWs::connect(bin.addr, "/ws"));
     }
-    for _ in 0..20 {
+    for _ in 0..30 {
         extra.push(TcpStream::connect(bin.addr).unwrap());
     }
     let mut line = String::new();
