@@ -189,7 +189,7 @@ impl Connection {
                 if ctx.at_capacity {
                     self.reject(Rejection { status: 503, reason: "at --max-connections" }, ctx)
                 } else {
-                    self.queue.push_unbounded(Rc::from(http::upgrade_response(&accept_key)));
+                    self.push_unbounded(Rc::from(http::upgrade_response(&accept_key)), ctx.now);
                     self.phase =
                         Phase::Open { decoder: FrameDecoder::default(), last_heard: ctx.now, ping_sent: false };
                     Action::Subscribe(topics)
@@ -220,7 +220,7 @@ impl Connection {
             return self.reject(Rejection { status: 413, reason: "body over --max-message-size" }, ctx);
         }
         if head.expect_continue {
-            self.queue.push_unbounded(Rc::from(http::CONTINUE_RESPONSE));
+            self.push_unbounded(Rc::from(http::CONTINUE_RESPONSE), ctx.now);
         }
         self.phase = Phase::PublishBody {
             topic,
@@ -263,9 +263,18 @@ impl Connection {
         Action::Closing(Reason::Rejected(rejection))
     }
 
+    /// Queues bytes the protocol obliges us to send, past the queue's bounds;
+    /// the write-timeout clock starts when the queue stops being empty.
+    fn push_unbounded(&mut self, bytes: SharedFrame, now: Millis) {
+        if self.queue.is_empty() {
+            self.last_progress = now;
+        }
+        self.queue.push_unbounded(bytes);
+    }
+
     /// Queues the last bytes this connection sends and starts closing.
     fn send_last(&mut self, bytes: SharedFrame, now: Millis) {
-        self.queue.push_unbounded(bytes);
+        self.push_unbounded(bytes, now);
         self.phase = Phase::Closing { deadline: now + millis(CLOSE_LINGER) };
     }
 
@@ -517,6 +526,16 @@ mod tests {
         assert!(matches!(conn.tick(&ctx(&config, 55_000)), Action::Nothing));
         assert!(sent(&mut conn).is_empty(), "not a second ping");
         assert!(matches!(conn.tick(&ctx(&config, 60_000)), Action::Drop(Reason::IdleTimeout)));
+    }
+
+    #[test]
+    fn write_timeout_counts_from_when_the_queue_filled() {
+        let config = Config { handshake_timeout: Duration::from_secs(20), ..Config::default() };
+        let mut conn = Connection::new(0, true);
+        // A slow handshake: the 101 is queued at 15 s, not at accept time.
+        feed(&mut conn, UPGRADE, &ctx(&config, 15_000));
+        assert!(matches!(conn.tick(&ctx(&config, 15_500)), Action::Nothing));
+        assert!(matches!(conn.tick(&ctx(&config, 25_000)), Action::Closing(Reason::SlowConsumer(_))));
     }
 
     #[test]
