@@ -263,12 +263,16 @@ impl Connection {
         Action::Closing(Reason::Rejected(rejection))
     }
 
-    /// Queues bytes the protocol obliges us to send, past the queue's bounds;
-    /// the write-timeout clock starts when the queue stops being empty.
-    fn push_unbounded(&mut self, bytes: SharedFrame, now: Millis) {
+    /// The write-timeout clock starts when the queue stops being empty.
+    fn start_write_clock(&mut self, now: Millis) {
         if self.queue.is_empty() {
             self.last_progress = now;
         }
+    }
+
+    /// Queues bytes the protocol obliges us to send, past the queue's bounds.
+    fn push_unbounded(&mut self, bytes: SharedFrame, now: Millis) {
+        self.start_write_clock(now);
         self.queue.push_unbounded(bytes);
     }
 
@@ -282,14 +286,12 @@ impl Connection {
     /// is full is closed as a slow consumer instead.
     pub fn enqueue(&mut self, frame: SharedFrame, ctx: &Context) -> Action {
         let limits = QueueLimits { messages: ctx.config.queue_messages, bytes: ctx.config.queue_bytes };
-        let was_empty = self.queue.is_empty();
+        // An empty queue always takes a frame (both bounds are at least 1
+        // and a lone frame may exceed the byte bound), so starting the clock
+        // first is right whatever the push says.
+        self.start_write_clock(ctx.now);
         match self.queue.push(frame, limits) {
-            Ok(()) => {
-                if was_empty {
-                    self.last_progress = ctx.now;
-                }
-                Action::Nothing
-            }
+            Ok(()) => Action::Nothing,
             Err(overflow) => self.drop_slow(overflow.describe(), ctx),
         }
     }
