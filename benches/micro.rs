@@ -9,11 +9,11 @@ use std::hint::black_box;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use slab::Slab;
-use wshub::Config;
-use wshub::connection::{Action, Connection, Context};
-use wshub::frame::{self, FrameDecoder, MessageKind};
-use wshub::http;
+use wshub::testing::{
+    Admission, Connection, Context, FrameDecoder, Hub, MemoryTransport, MessageKind, encode_client, encode_message,
+    parse_request,
+};
+use wshub::{Config, Topic};
 
 #[path = "../tests/support/counting_alloc.rs"]
 mod counting_alloc;
@@ -29,18 +29,20 @@ fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
 }
 
 fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    frame::encode_client(first, payload, [0xa1, 0xb2, 0xc3, 0xd4])
+    encode_client(first, payload, [0xa1, 0xb2, 0xc3, 0xd4])
 }
 
-fn open_connection(config: &Config) -> Connection {
-    let mut conn = Connection::new(0, true);
-    let ctx = Context { config, now: 0, at_capacity: false };
-    let mut req = UPGRADE.to_vec();
-    let _ = conn.receive(&mut req, &ctx);
-    let mut sink = Vec::new();
-    conn.queue.write_to(&mut sink, &mut Vec::new()).unwrap();
-    assert!(conn.is_open());
-    conn
+/// A hub with `n` open clients on topic `all`, on sink transports.
+fn hub_with_clients(n: usize) -> Hub<MemoryTransport> {
+    let mut hub = Hub::new(Config { max_connections: n, ..Config::default() });
+    for i in 0..n {
+        let peer = ([127, 0, 0, 1], (i % 60_000) as u16 + 1).into();
+        let id = hub.insert(MemoryTransport::sink(), peer, 0);
+        hub.receive(id, &mut UPGRADE.to_vec(), 0);
+    }
+    hub.flush(0);
+    assert_eq!(hub.stats().open, n as u64);
+    hub
 }
 
 fn main() {
@@ -78,7 +80,7 @@ fn main() {
     let t = median(11, || {
         let start = Instant::now();
         for _ in 0..iters {
-            black_box(http::parse_request(black_box(UPGRADE)).unwrap());
+            black_box(parse_request(black_box(UPGRADE)).unwrap());
         }
         start.elapsed()
     });
@@ -88,57 +90,38 @@ fn main() {
         t.as_nanos() as f64 / iters as f64
     );
 
-    // Broadcast enqueue: one shared frame to N receivers, then drained.
-    let config = Config::default();
+    // A publish through the hub's fan-out to N receivers, then the
+    // end-of-turn write of every receiver's queue (into sink transports).
+    let all = Topic::new("all").unwrap();
     for receivers in [100usize, 1000, 10_000] {
-        let mut conns: Vec<Connection> = (0..receivers).map(|_| open_connection(&config)).collect();
-        let ctx = Context { config: &config, now: 0, at_capacity: false };
-        let mut sink = std::io::sink();
-        let mut cork = Vec::with_capacity(wshub::send_queue::CORK_BYTES);
-        // warm the queues' capacity so steady state is measured
-        for c in conns.iter_mut() {
-            let _ = c.enqueue(frame::encode_message(MessageKind::Text, b"warm"), &ctx);
-            c.queue.write_to(&mut sink, &mut cork).unwrap();
-        }
+        let mut hub = hub_with_clients(receivers);
+        hub.publish(&all, encode_message(MessageKind::Text, b"warm"), 0);
+        hub.flush(0);
         let rounds = 20;
         let mut allocated = 0;
         let t = median(rounds, || {
             let before = ALLOCATIONS.load(Ordering::Relaxed);
-            let frame = frame::encode_message(MessageKind::Text, &[b'x'; 64]);
+            let frame = encode_message(MessageKind::Text, &[b'x'; 64]);
             let start = Instant::now();
-            for c in conns.iter_mut() {
-                match c.enqueue(frame.clone(), &ctx) {
-                    Action::Nothing => {}
-                    other => panic!("{other:?}"),
-                }
-            }
-            let enqueued = start.elapsed();
-            for c in conns.iter_mut() {
-                c.queue.write_to(&mut sink, &mut cork).unwrap();
-            }
-            drop(frame);
+            hub.publish(&all, frame, 0);
+            hub.flush(0);
+            let elapsed = start.elapsed();
             allocated += ALLOCATIONS.load(Ordering::Relaxed) - before;
-            enqueued
+            elapsed
         });
         let allocations = allocated as f64 / rounds as f64;
         println!(
-            "| enqueue one 64 B broadcast to {receivers} receivers | {:.1} ns per receiver, {allocations:.1} allocations per broadcast |",
+            "| publish one 64 B message to {receivers} receivers and write it out | {:.1} ns per receiver, {allocations:.1} allocations per broadcast |",
             t.as_nanos() as f64 / receivers as f64
         );
     }
 
     // The deadline sweep, as the loop runs it once per tick.
     let n = 20_000;
-    let mut clients: Slab<Connection> = Slab::new();
-    for _ in 0..n {
-        clients.insert(open_connection(&config));
-    }
+    let mut hub = hub_with_clients(n);
     let t = median(51, || {
-        let ctx = Context { config: &config, now: 1_000, at_capacity: false };
         let start = Instant::now();
-        for (_, c) in clients.iter_mut() {
-            black_box(c.tick(&ctx));
-        }
+        hub.tick(1_000);
         start.elapsed()
     });
     println!(
@@ -146,5 +129,11 @@ fn main() {
         t.as_secs_f64() * 1e6,
         t.as_secs_f64() * 100.0
     );
+    let config = Config::default();
+    let admission = Admission::new();
+    let ctx = Context { config: &config, now: 0, admission: &admission };
+    let mut conn = Connection::new(0, ([127, 0, 0, 1], 1).into());
+    let _ = conn.receive(&mut UPGRADE.to_vec(), &ctx);
+    black_box(&conn);
     println!("\nsize of one connection's state: {} bytes", std::mem::size_of::<Connection>());
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use log::LevelFilter;
 
 /// Everything the server can be told. `Default` matches the binary's defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (No `PartialEq`: it will hold key material.)
+#[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub max_message_size: usize,
@@ -55,7 +56,7 @@ impl Default for Config {
 }
 
 /// What the command line asked for.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     Run(Box<Config>),
     Help,
@@ -282,7 +283,7 @@ mod tests {
             assert!(!err.contains('\n'), "one line: {err}");
         }
         assert!(parse(&[], &[("WSHUB_MAX_CONNECTIONS", "many")]).unwrap_err().contains("WSHUB_MAX_CONNECTIONS"));
-        assert_eq!(parse(&["--help"], &[]), Ok(Command::Help));
-        assert_eq!(parse(&["-V"], &[]), Ok(Command::Version));
+        assert!(matches!(parse(&["--help"], &[]), Ok(Command::Help)));
+        assert!(matches!(parse(&["-V"], &[]), Ok(Command::Version)));
     }
 }

@@ -1,25 +1,33 @@
 //! One connection's protocol state machine, without I/O.
 //!
 //! A connection starts as an HTTP request and becomes a WebSocket client, a
-//! publish request, a health check, or a rejection. The driver hands it the
-//! bytes it read and the time; it answers with an [`Action`] for the hub and
-//! puts what must be sent into its own [`SendQueue`]. It never touches the
-//! socket, so tests drive it with byte slices.
+//! publish request, a health check, or a rejection. The hub hands it the
+//! bytes it read and the time; it answers with an [`Action`] and puts what
+//! must be sent into its own [`SendQueue`], which only it can touch. What to
+//! send leaves through [`Connection::transmit`] into any writer (the
+//! client's transport), and the connection keeps its own write-progress
+//! clock for `--write-timeout`. It never touches a socket, so tests drive it
+//! with byte slices.
 //!
 //! Ending is one path for every reason: queue the last bytes (a close frame or
-//! an HTTP response), enter `Closing`, let the driver flush them and shut down
-//! writing, then wait a short while for the peer's EOF (RFC 6455 §7.1.1: the
-//! server closes the TCP connection first, and lingering keeps our last bytes
-//! from being destroyed by a reset).
+//! an HTTP response), enter `Closing`, let them be written, then ask for our
+//! writing half to be shut ([`Connection::wants_shutdown`]) and wait a short
+//! while for the peer's EOF (RFC 6455 §7.1.1: the server closes the TCP
+//! connection first, and lingering keeps our last bytes from being destroyed
+//! by a reset).
 
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::admission::Admission;
 use crate::config::Config;
-use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, SharedFrame};
+use crate::frame::{self, Event, FrameDecoder, MessageKind, SharedFrame};
 use crate::http::{self, PublishHead, Rejection, Request};
+pub use crate::reason::Reason;
 use crate::send_queue::{QueueLimits, SendQueue};
 use crate::topic::Topic;
 
@@ -29,7 +37,7 @@ pub type Millis = u64;
 /// How long a closing connection waits for the peer to close its side.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// What the driver must do after feeding bytes or ticking.
+/// What the hub must do after feeding bytes or ticking.
 #[derive(Debug)]
 pub enum Action {
     Nothing,
@@ -39,26 +47,10 @@ pub enum Action {
     Broadcast(SharedFrame),
     /// An HTTP publish: deliver, then report with [`Connection::published`].
     Publish(Topic, SharedFrame),
-    /// The connection is ending for this reason (for the log); its last bytes
-    /// are queued.
+    /// The connection is ending for this reason; its last bytes are queued.
     Closing(Reason),
     /// Nothing more to send or wait for: drop the connection now.
     Drop(Reason),
-}
-
-/// Why a connection ends, for the log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Rejected(Rejection),
-    Protocol(ProtocolError),
-    SlowConsumer(&'static str),
-    ClientClosed(Option<u16>),
-    HttpDone,
-    HandshakeTimeout,
-    IdleTimeout,
-    LingerTimeout,
-    ShuttingDown,
-    ConnectionLost(std::io::ErrorKind),
 }
 
 /// What the connection needs to know about its surroundings.
@@ -66,33 +58,38 @@ pub enum Reason {
 pub struct Context<'a> {
     pub config: &'a Config,
     pub now: Millis,
-    /// The server already holds `--max-connections` WebSocket clients.
-    pub at_capacity: bool,
+    /// The hub's admission step, asked once the request head is complete.
+    pub admission: &'a Admission,
 }
 
 #[derive(Debug)]
 enum Phase {
     /// Reading the request head; `scanned` bytes were searched for its end.
+    /// `since` is when the connection was accepted: one deadline covers the
+    /// head and a publish body together.
     Request { buf: Vec<u8>, scanned: usize, since: Millis },
     /// Reading the body of a publish request.
     PublishBody { topic: Topic, octet_stream: bool, body: Vec<u8>, expected: usize, since: Millis },
-    /// An HTTP publish is being delivered by the driver.
+    /// An HTTP publish is being delivered by the hub.
     Publishing,
     /// An open WebSocket client.
     Open { decoder: FrameDecoder, last_heard: Millis, ping_sent: bool },
-    /// Last bytes queued; waiting for them to be written and for the peer's EOF.
-    Closing { deadline: Millis },
+    /// Last bytes queued. While they are written, `--write-timeout` bounds
+    /// each stall (a slow reader still gets its close frame); once our
+    /// writing half is shut, the peer has `CLOSE_LINGER` to send its EOF.
+    Closing { linger_until: Option<Millis> },
 }
 
 #[derive(Debug)]
 pub struct Connection {
     phase: Phase,
-    pub queue: SendQueue,
+    queue: SendQueue,
     /// When the queue last moved (or became non-empty), for `--write-timeout`.
     last_progress: Millis,
-    peer_is_loopback: bool,
-    /// The driver has shut down our writing half.
-    pub write_shut: bool,
+    /// The peer address from `accept`, for admission and log lines.
+    peer: SocketAddr,
+    /// Our writing half is shut: nothing more will be sent.
+    write_shut: bool,
 }
 
 fn millis(d: Duration) -> Millis {
@@ -100,14 +97,18 @@ fn millis(d: Duration) -> Millis {
 }
 
 impl Connection {
-    pub fn new(now: Millis, peer_is_loopback: bool) -> Connection {
+    pub fn new(now: Millis, peer: SocketAddr) -> Connection {
         Connection {
             phase: Phase::Request { buf: Vec::new(), scanned: 0, since: now },
             queue: SendQueue::default(),
             last_progress: now,
-            peer_is_loopback,
+            peer,
             write_shut: false,
         }
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
     }
 
     pub fn is_open(&self) -> bool {
@@ -116,6 +117,11 @@ impl Connection {
 
     pub fn is_closing(&self) -> bool {
         matches!(self.phase, Phase::Closing { .. })
+    }
+
+    /// Still in its HTTP request (or being answered), not yet a client.
+    pub fn is_pending(&self) -> bool {
+        matches!(self.phase, Phase::Request { .. } | Phase::PublishBody { .. } | Phase::Publishing)
     }
 
     /// Processes received bytes until an action is due or the input is used
@@ -160,12 +166,16 @@ impl Connection {
     }
 
     fn receive_request(&mut self, input: &[u8], ctx: &Context) -> (usize, Action) {
-        let Phase::Request { buf, scanned, .. } = &mut self.phase else {
+        let Phase::Request { buf, scanned, since } = &mut self.phase else {
             return (0, Action::Nothing);
         };
+        let since = *since;
         let before = buf.len();
         let room = http::MAX_HEAD_BYTES.saturating_sub(before);
         buf.extend_from_slice(&input[..input.len().min(room)]);
+        if !http::plausible_start(buf) {
+            return (input.len(), self.reject(Rejection::new(400, "not an HTTP request"), ctx));
+        }
         if !http::head_complete(buf, *scanned) && buf.len() < http::MAX_HEAD_BYTES {
             *scanned = buf.len();
             return (input.len(), Action::Nothing);
@@ -181,43 +191,38 @@ impl Connection {
         // cannot have ended in bytes of an earlier read: `head_complete`
         // notices every terminator httparse accepts. Be safe regardless.)
         let Some(consumed) = head_len.checked_sub(before) else {
-            return (input.len(), self.reject(Rejection { status: 400, reason: "malformed request" }, ctx));
+            return (input.len(), self.reject(Rejection::new(400, "malformed request"), ctx));
         };
         let action = match request {
-            Request::Health => self.respond(200, "text/plain", "ok\n", Reason::HttpDone, ctx),
-            Request::Upgrade { accept_key, topics } => {
-                if ctx.at_capacity {
-                    self.reject(Rejection { status: 503, reason: "at --max-connections" }, ctx)
-                } else {
-                    self.push_unbounded(Rc::from(http::upgrade_response(&accept_key)), ctx.now);
+            Request::Health { head_only } => {
+                let answer = if head_only { http::head_response } else { http::response };
+                self.send_last(Rc::from(answer(200, "text/plain", "ok\n")), ctx.now);
+                Action::Closing(Reason::HttpDone)
+            }
+            Request::Upgrade(upgrade) => match ctx.admission.upgrade(ctx.config, &upgrade, self.peer) {
+                Err(rejection) => self.reject(rejection, ctx),
+                Ok(()) => {
+                    self.push_unbounded(Rc::from(http::upgrade_response(&upgrade.accept_key)), ctx.now);
                     self.phase =
                         Phase::Open { decoder: FrameDecoder::default(), last_heard: ctx.now, ping_sent: false };
-                    Action::Subscribe(topics)
+                    Action::Subscribe(upgrade.topics)
                 }
-            }
-            Request::Publish(head) => self.start_publish(head, ctx),
+            },
+            Request::Publish(head) => self.start_publish(head, since, ctx),
         };
         (consumed, action)
     }
 
-    fn start_publish(&mut self, head: PublishHead, ctx: &Context) -> Action {
+    fn start_publish(&mut self, head: PublishHead, since: Millis, ctx: &Context) -> Action {
         let config = ctx.config;
-        let allowed = match &config.publish_token {
-            Some(token) => head.bearer.as_deref().is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())),
-            None => self.peer_is_loopback,
-        };
-        if !allowed {
-            let rejection = match config.publish_token {
-                Some(_) => Rejection { status: 401, reason: "publish needs the right bearer token" },
-                None => Rejection { status: 403, reason: "without --publish-token only loopback peers may publish" },
-            };
+        if let Err(rejection) = ctx.admission.publish(config, &head, self.peer) {
             return self.reject(rejection, ctx);
         }
         let Ok(topic) = head.topic else {
-            return self.reject(Rejection { status: 400, reason: "bad topic" }, ctx);
+            return self.reject(Rejection::new(400, "bad topic"), ctx);
         };
         if head.content_length > config.max_message_size {
-            return self.reject(Rejection { status: 413, reason: "body over --max-message-size" }, ctx);
+            return self.reject(Rejection::new(413, "body over --max-message-size"), ctx);
         }
         if head.expect_continue {
             self.push_unbounded(Rc::from(http::CONTINUE_RESPONSE), ctx.now);
@@ -227,7 +232,7 @@ impl Connection {
             octet_stream: head.octet_stream,
             body: Vec::with_capacity(head.content_length),
             expected: head.content_length,
-            since: ctx.now,
+            since,
         };
         self.finish_body_if_complete()
     }
@@ -247,15 +252,10 @@ impl Connection {
         Action::Publish(topic, frame::encode_message(kind, &body))
     }
 
-    /// The driver delivered this connection's publish to `receivers` clients.
+    /// The hub delivered this connection's publish to `receivers` clients.
     pub fn published(&mut self, receivers: usize, now: Millis) {
         let body = format!("{{\"receivers\": {receivers}}}\n");
         self.send_last(Rc::from(http::response(200, "application/json", &body)), now);
-    }
-
-    fn respond(&mut self, status: u16, content_type: &str, body: &str, reason: Reason, ctx: &Context) -> Action {
-        self.send_last(Rc::from(http::response(status, content_type, body)), ctx.now);
-        Action::Closing(reason)
     }
 
     fn reject(&mut self, rejection: Rejection, ctx: &Context) -> Action {
@@ -279,7 +279,7 @@ impl Connection {
     /// Queues the last bytes this connection sends and starts closing.
     fn send_last(&mut self, bytes: SharedFrame, now: Millis) {
         self.push_unbounded(bytes, now);
-        self.phase = Phase::Closing { deadline: now + millis(CLOSE_LINGER) };
+        self.phase = Phase::Closing { linger_until: None };
     }
 
     /// Queues a frame for this client within its bounds; a client whose queue
@@ -321,10 +321,46 @@ impl Connection {
         }
     }
 
-    /// The queue wrote `bytes`: it is making progress.
-    pub fn wrote(&mut self, bytes: usize, now: Millis) {
-        if bytes > 0 {
+    /// Has bytes to send and may still send them.
+    pub fn wants_write(&self) -> bool {
+        !self.write_shut && !self.queue.is_empty()
+    }
+
+    /// Bytes and frames waiting to be sent.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.pending_bytes()
+    }
+
+    pub fn queued_frames(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Writes as much of the queue as `out` takes (see
+    /// [`SendQueue::chunks`] for how it is gathered) and returns the bytes
+    /// written; back-pressure (`WouldBlock`, or a writer that takes nothing)
+    /// just stops. Progress resets the write-timeout clock.
+    pub fn transmit(&mut self, out: &mut impl Write, cork: &mut Vec<u8>, now: Millis) -> io::Result<usize> {
+        if self.write_shut {
+            return Ok(0);
+        }
+        let written = self.queue.write_to(out, cork)?;
+        if written > 0 {
             self.last_progress = now;
+        }
+        Ok(written)
+    }
+
+    /// Our last bytes are out: time to shut down our writing half.
+    pub fn wants_shutdown(&self) -> bool {
+        self.is_closing() && !self.write_shut && self.queue.is_empty()
+    }
+
+    /// The writing half was shut; only the peer's EOF (or the linger
+    /// deadline) is awaited now.
+    pub fn shutdown_done(&mut self, now: Millis) {
+        self.write_shut = true;
+        if let Phase::Closing { linger_until } = &mut self.phase {
+            *linger_until = Some(now + millis(CLOSE_LINGER));
         }
     }
 
@@ -332,7 +368,8 @@ impl Connection {
     pub fn tick(&mut self, ctx: &Context) -> Action {
         let config = ctx.config;
         let now = ctx.now;
-        if !self.queue.is_empty() && !self.is_closing() && now >= self.last_progress + millis(config.write_timeout) {
+        let stalled = !self.queue.is_empty() && now >= self.last_progress + millis(config.write_timeout);
+        if stalled && !self.is_closing() {
             return self.drop_slow("send queue stalled", ctx);
         }
         match &mut self.phase {
@@ -352,8 +389,8 @@ impl Connection {
                     return self.enqueue(frame::encode_ping(b""), ctx);
                 }
             }
-            Phase::Closing { deadline } => {
-                if now >= *deadline {
+            Phase::Closing { linger_until } => {
+                if stalled || linger_until.is_some_and(|t| now >= t) {
                     return Action::Drop(Reason::LingerTimeout);
                 }
             }
@@ -372,23 +409,28 @@ impl Connection {
     }
 }
 
-/// Compares secrets without an early exit that would leak their prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NOBODY: Admission = Admission::new();
+
     fn ctx(config: &Config, now: Millis) -> Context<'_> {
-        Context { config, now, at_capacity: false }
+        Context { config, now, admission: &NOBODY }
+    }
+
+    fn local() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 50000))
+    }
+
+    fn remote() -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], 50000))
     }
 
     /// Drains the queue into a byte vector, as a socket would.
     fn sent(conn: &mut Connection) -> Vec<u8> {
         let mut out = Vec::new();
-        conn.queue.write_to(&mut out, &mut Vec::new()).unwrap();
+        conn.transmit(&mut out, &mut Vec::new(), 0).unwrap();
         out
     }
 
@@ -404,7 +446,7 @@ mod tests {
         actions
     }
 
-    const UPGRADE: &[u8] = b"GET /ws?topic=x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    const UPGRADE: &[u8] = b"GET /ws?topic=x HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
         frame::encode_client(first, payload, [1, 2, 3, 4])
@@ -413,7 +455,7 @@ mod tests {
     #[test]
     fn upgrade_with_a_frame_in_the_same_read() {
         let config = Config::default();
-        let mut conn = Connection::new(0, true);
+        let mut conn = Connection::new(0, local());
         let mut bytes = UPGRADE.to_vec();
         bytes.extend(masked(0x81, b"hi"));
         let actions = feed(&mut conn, &bytes, &ctx(&config, 0));
@@ -425,7 +467,7 @@ mod tests {
     #[test]
     fn handshake_byte_by_byte() {
         let config = Config::default();
-        let mut conn = Connection::new(0, true);
+        let mut conn = Connection::new(0, local());
         let mut actions = Vec::new();
         for b in UPGRADE {
             actions.extend(feed(&mut conn, &[*b], &ctx(&config, 0)));
@@ -437,8 +479,12 @@ mod tests {
     #[test]
     fn at_capacity_gets_503() {
         let config = Config::default();
-        let mut conn = Connection::new(0, true);
-        let c = Context { at_capacity: true, ..ctx(&config, 0) };
+        let mut conn = Connection::new(0, local());
+        let mut full = Admission::new();
+        for _ in 0..config.max_connections {
+            full.joined();
+        }
+        let c = Context { admission: &full, ..ctx(&config, 0) };
         let actions = feed(&mut conn, UPGRADE, &c);
         assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 503, .. }))));
         assert!(String::from_utf8(sent(&mut conn)).unwrap().starts_with("HTTP/1.1 503 "));
@@ -447,7 +493,7 @@ mod tests {
     #[test]
     fn ping_pong_close() {
         let config = Config::default();
-        let mut conn = Connection::new(0, true);
+        let mut conn = Connection::new(0, local());
         feed(&mut conn, UPGRADE, &ctx(&config, 0));
         sent(&mut conn);
         feed(&mut conn, &masked(0x89, b"yo"), &ctx(&config, 0));
@@ -461,8 +507,9 @@ mod tests {
     #[test]
     fn publish_body_split_and_token() {
         let config = Config { publish_token: Some("t0k".into()), ..Config::default() };
-        let req = b"POST /publish/news HTTP/1.1\r\nAuthorization: Bearer t0k\r\nContent-Length: 5\r\n\r\nhello";
-        let mut conn = Connection::new(0, false);
+        let req =
+            b"POST /publish/news HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t0k\r\nContent-Length: 5\r\n\r\nhello";
+        let mut conn = Connection::new(0, remote());
         let actions = feed(&mut conn, &req[..req.len() - 2], &ctx(&config, 0));
         assert!(actions.iter().all(|a| matches!(a, Action::Nothing)));
         let actions = feed(&mut conn, &req[req.len() - 2..], &ctx(&config, 0));
@@ -470,17 +517,18 @@ mod tests {
         conn.published(3, 0);
         assert!(String::from_utf8(sent(&mut conn)).unwrap().ends_with("{\"receivers\": 3}\n"));
 
-        let wrong = b"POST /publish/news HTTP/1.1\r\nAuthorization: Bearer nope\r\nContent-Length: 5\r\n\r\nhello";
-        let mut conn = Connection::new(0, true);
+        let wrong =
+            b"POST /publish/news HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer nope\r\nContent-Length: 5\r\n\r\nhello";
+        let mut conn = Connection::new(0, local());
         let actions = feed(&mut conn, wrong, &ctx(&config, 0));
         assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 401, .. }))));
 
         let open = Config::default();
-        let mut remote = Connection::new(0, false);
+        let mut remote = Connection::new(0, remote());
         let actions = feed(&mut remote, &req[..], &ctx(&open, 0));
         assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 403, .. }))));
-        let big = b"POST /publish/news HTTP/1.1\r\nContent-Length: 70000\r\n\r\n";
-        let mut local = Connection::new(0, true);
+        let big = b"POST /publish/news HTTP/1.1\r\nHost: h\r\nContent-Length: 70000\r\n\r\n";
+        let mut local = Connection::new(0, local());
         let actions = feed(&mut local, big, &ctx(&open, 0));
         assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 413, .. }))));
     }
@@ -495,9 +543,10 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let prefixes: [&[u8]; 4] = [b"", UPGRADE, b"POST /publish/t HTTP/1.1\r\nContent-Length: 9\r\n\r\n", b"GET /"];
+        let prefixes: [&[u8]; 4] =
+            [b"", UPGRADE, b"POST /publish/t HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\n", b"GET /"];
         for round in 0..2000 {
-            let mut conn = Connection::new(0, round % 2 == 0);
+            let mut conn = Connection::new(0, if round % 2 == 0 { local() } else { remote() });
             let mut bytes = prefixes[round % prefixes.len()].to_vec();
             let noise = (next() % 400) as usize;
             bytes.extend((0..noise).map(|_| next() as u8));
@@ -515,11 +564,11 @@ mod tests {
     #[test]
     fn deadlines() {
         let config = Config::default();
-        let mut conn = Connection::new(0, true);
+        let mut conn = Connection::new(0, local());
         assert!(matches!(conn.tick(&ctx(&config, 9_999)), Action::Nothing));
         assert!(matches!(conn.tick(&ctx(&config, 10_000)), Action::Drop(Reason::HandshakeTimeout)));
 
-        let mut conn = Connection::new(0, true);
+        let mut conn = Connection::new(0, local());
         feed(&mut conn, UPGRADE, &ctx(&config, 0));
         sent(&mut conn);
         assert!(matches!(conn.tick(&ctx(&config, 53_999)), Action::Nothing));
@@ -533,7 +582,7 @@ mod tests {
     #[test]
     fn write_timeout_counts_from_when_the_queue_filled() {
         let config = Config { handshake_timeout: Duration::from_secs(20), ..Config::default() };
-        let mut conn = Connection::new(0, true);
+        let mut conn = Connection::new(0, local());
         // A slow handshake: the 101 is queued at 15 s, not at accept time.
         feed(&mut conn, UPGRADE, &ctx(&config, 15_000));
         assert!(matches!(conn.tick(&ctx(&config, 15_500)), Action::Nothing));
@@ -543,7 +592,7 @@ mod tests {
     #[test]
     fn full_queue_closes_1013() {
         let config = Config { queue_messages: 2, ..Config::default() };
-        let mut conn = Connection::new(0, true);
+        let mut conn = Connection::new(0, local());
         feed(&mut conn, UPGRADE, &ctx(&config, 0));
         sent(&mut conn);
         let c = ctx(&config, 0);

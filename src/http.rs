@@ -19,11 +19,33 @@ pub const MAX_HEADERS: usize = 64;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
     /// A valid WebSocket upgrade on `/ws`.
-    Upgrade { accept_key: String, topics: Vec<Topic> },
-    /// `GET /healthz`.
-    Health,
+    Upgrade(Upgrade),
+    /// `GET /healthz`, or `HEAD /healthz` (`head_only`: answer without a body).
+    Health { head_only: bool },
     /// `POST /publish/<topic>`, body not read yet.
     Publish(PublishHead),
+}
+
+/// What an upgrade request said: the handshake, and everything the admission
+/// step may judge it by (origin, host, credentials).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgrade {
+    pub accept_key: String,
+    pub topics: Vec<Topic>,
+    pub credentials: Credentials,
+}
+
+/// Who a request says it comes from and what it presents.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// The `Host` header (required by HTTP/1.1).
+    pub host: String,
+    /// The `Origin` header, sent by browsers.
+    pub origin: Option<String>,
+    /// The token of an `Authorization: Bearer` header (scheme case-insensitive).
+    pub bearer: Option<String>,
+    /// A `token=` query parameter (browsers cannot set headers on a WebSocket).
+    pub query_token: Option<String>,
 }
 
 /// What the head of a publish request said.
@@ -31,8 +53,7 @@ pub enum Request {
 pub struct PublishHead {
     pub topic: Result<Topic, TopicError>,
     pub content_length: usize,
-    /// The token of an `Authorization: Bearer` header.
-    pub bearer: Option<String>,
+    pub credentials: Credentials,
     /// `Content-Type: application/octet-stream`: publish as binary.
     pub octet_stream: bool,
     /// The client waits for `100 Continue` before sending the body.
@@ -45,10 +66,50 @@ pub struct Rejection {
     pub status: u16,
     /// For the log line and the response body.
     pub reason: &'static str,
+    /// For a 405: the methods the path does allow (the `Allow` header).
+    pub allow: &'static str,
+}
+
+impl Rejection {
+    pub const fn new(status: u16, reason: &'static str) -> Rejection {
+        Rejection { status, reason, allow: "" }
+    }
 }
 
 const fn reject(status: u16, reason: &'static str) -> Rejection {
-    Rejection { status, reason }
+    Rejection::new(status, reason)
+}
+
+const fn not_allowed(reason: &'static str, allow: &'static str) -> Rejection {
+    Rejection { status: 405, reason, allow }
+}
+
+/// RFC 9110 §5.6.2 `tchar`: what a method name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// CR and LF bytes tolerated before the request line.
+const MAX_LEADING_NEWLINES: usize = 4;
+/// Longest method name worth waiting for (ours are GET, HEAD and POST).
+const MAX_METHOD: usize = 16;
+
+/// False as soon as `buf` cannot be the start of an HTTP request (a TLS
+/// ClientHello on the plain port, a stray protocol): such a peer gets 400 at
+/// once instead of waiting for the handshake timeout. Looks at no more than
+/// the first few bytes, so calling it on every read is cheap.
+pub fn plausible_start(buf: &[u8]) -> bool {
+    // RFC 9112 §2.2: an empty line or two before the request line is
+    // tolerated; a stream of them is not a request.
+    let Some(start) = buf.iter().take(MAX_LEADING_NEWLINES + 1).position(|&b| b != b'\r' && b != b'\n') else {
+        return buf.len() <= MAX_LEADING_NEWLINES;
+    };
+    let method = &buf[start..buf.len().min(start + MAX_METHOD + 1)];
+    match method.iter().position(|&b| b == b' ') {
+        Some(0) => false,
+        Some(end) => method[..end].iter().all(|&b| is_tchar(b)),
+        None => method.len() <= MAX_METHOD && method.iter().all(|&b| is_tchar(b)),
+    }
 }
 
 /// True once `buf` may hold the blank line that ends a head: a line feed
@@ -90,14 +151,19 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Rejection> 
         None => (target, None),
     };
     let headers = Headers(req.headers);
+    // RFC 9112 §3.2: a request without exactly one Host is a bad request.
+    let host = match headers.single("host")?.map(std::str::from_utf8) {
+        Some(Ok(host)) if !host.trim().is_empty() => host.trim().to_string(),
+        _ => return Err(reject(400, "missing Host header")),
+    };
     let request = match path {
-        "/ws" if method == "GET" => upgrade(&headers, query)?,
-        "/ws" => return Err(reject(405, "WebSocket upgrade must be GET")),
-        "/healthz" if method == "GET" || method == "HEAD" => Request::Health,
-        "/healthz" => return Err(reject(405, "health check is GET")),
+        "/ws" if method == "GET" => Request::Upgrade(upgrade(&headers, query, host)?),
+        "/ws" => return Err(not_allowed("WebSocket upgrade must be GET", "GET")),
+        "/healthz" if method == "GET" || method == "HEAD" => Request::Health { head_only: method == "HEAD" },
+        "/healthz" => return Err(not_allowed("health check is GET or HEAD", "GET, HEAD")),
         _ => match path.strip_prefix("/publish/") {
-            Some(topic) if method == "POST" => Request::Publish(publish(&headers, topic)?),
-            Some(_) => return Err(reject(405, "publish is POST")),
+            Some(topic) if method == "POST" => Request::Publish(publish(&headers, topic, host)?),
+            Some(_) => return Err(not_allowed("publish is POST", "POST")),
             None => return Err(reject(404, "unknown path")),
         },
     };
@@ -129,7 +195,31 @@ impl Headers<'_, '_> {
     }
 }
 
-fn upgrade(headers: &Headers, query: Option<&str>) -> Result<Request, Rejection> {
+impl Headers<'_, '_> {
+    /// Host, Origin and bearer token, as the admission step needs them.
+    fn credentials(&self, host: String) -> Result<Credentials, Rejection> {
+        let text = |v: &[u8]| std::str::from_utf8(v).ok().map(|v| v.trim().to_string());
+        let origin = self.single("origin")?.and_then(text);
+        let bearer = self.single("authorization")?.and_then(|v| bearer_token(v).map(str::to_string));
+        Ok(Credentials { host, origin, bearer, query_token: None })
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. RFC 9110 §11.1:
+/// the scheme is case-insensitive.
+fn bearer_token(value: &[u8]) -> Option<&str> {
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The value of the first `name=` parameter of a query string, undecoded.
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+fn upgrade(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgrade, Rejection> {
     if !headers.has_token("upgrade", "websocket") {
         return Err(reject(400, "missing Upgrade: websocket"));
     }
@@ -148,7 +238,9 @@ fn upgrade(headers: &Headers, query: Option<&str>) -> Result<Request, Rejection>
     };
     let topics = topics_from_query(query).map_err(|_| reject(400, "bad topic in query"))?;
     let accept_key = tungstenite::handshake::derive_accept_key(key);
-    Ok(Request::Upgrade { accept_key, topics })
+    let mut credentials = headers.credentials(host)?;
+    credentials.query_token = query_param(query, "token").filter(|t| !t.is_empty()).map(str::to_string);
+    Ok(Upgrade { accept_key, topics, credentials })
 }
 
 /// RFC 6455 §4.1: the key is 16 bytes, base64-encoded: 22 symbols and "==",
@@ -164,28 +256,30 @@ fn is_valid_key(key: &[u8]) -> bool {
     matches!(ALPHABET.iter().position(|b| b == last), Some(v) if v & 0x0f == 0)
 }
 
-fn publish(headers: &Headers, topic: &str) -> Result<PublishHead, Rejection> {
+/// RFC 9110 §8.6: `Content-Length = 1*DIGIT`: no sign, no spaces inside.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn publish(headers: &Headers, topic: &str, host: String) -> Result<PublishHead, Rejection> {
     if headers.single("transfer-encoding")?.is_some() {
         return Err(reject(411, "publish needs Content-Length, not Transfer-Encoding"));
     }
     let content_length = match headers.single("content-length")? {
         None => return Err(reject(411, "publish needs Content-Length")),
-        Some(v) => std::str::from_utf8(v)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .ok_or(reject(400, "bad Content-Length"))?,
+        Some(v) => content_length(v).ok_or(reject(400, "bad Content-Length"))?,
     };
-    let bearer = headers
-        .single("authorization")?
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
+    let credentials = headers.credentials(host)?;
     let octet_stream = headers.single("content-type")?.is_some_and(|v| {
         v.split(|&b| b == b';').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"application/octet-stream"))
     });
     let expect_continue =
         headers.single("expect")?.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
-    Ok(PublishHead { topic: Topic::new(topic), content_length, bearer, octet_stream, expect_continue })
+    Ok(PublishHead { topic: Topic::new(topic), content_length, credentials, octet_stream, expect_continue })
 }
 
 /// `101 Switching Protocols` for an accepted upgrade.
@@ -201,6 +295,16 @@ pub const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// A complete response after which the connection is closed.
 pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    head_and_body(status, content_type, body, "", true)
+}
+
+/// The answer to `HEAD`: the headers a `GET` would get, without the body
+/// (RFC 9110 §9.3.2).
+pub fn head_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    head_and_body(status, content_type, body, "", false)
+}
+
+fn head_and_body(status: u16, content_type: &str, body: &str, allow: &str, with_body: bool) -> Vec<u8> {
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
         status_text(status),
@@ -208,13 +312,17 @@ pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     );
     match status {
         426 => head.push_str("Sec-WebSocket-Version: 13\r\n"),
-        405 => head.push_str("Allow: GET, POST\r\n"),
+        405 => {
+            let _ = write!(head, "Allow: {allow}\r\n");
+        }
         401 => head.push_str("WWW-Authenticate: Bearer\r\n"),
         _ => {}
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
-    out.extend_from_slice(body.as_bytes());
+    if with_body {
+        out.extend_from_slice(body.as_bytes());
+    }
     out
 }
 
@@ -222,7 +330,7 @@ pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
 pub fn rejection_response(rejection: Rejection) -> Vec<u8> {
     let mut body = String::with_capacity(rejection.reason.len() + 1);
     let _ = writeln!(body, "{}", rejection.reason);
-    response(rejection.status, "text/plain; charset=utf-8", &body)
+    head_and_body(rejection.status, "text/plain; charset=utf-8", &body, rejection.allow, true)
 }
 
 fn status_text(status: u16) -> &'static str {
@@ -264,9 +372,10 @@ mod tests {
         let req = upgrade_request("");
         let (request, len) = parse_request(req.as_bytes()).unwrap().unwrap();
         assert_eq!(len, req.len());
-        let Request::Upgrade { accept_key, topics } = request else { panic!("not an upgrade") };
-        assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert_eq!(topics, [Topic::new("all").unwrap()]);
+        let Request::Upgrade(up) = request else { panic!("not an upgrade") };
+        assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(up.topics, [Topic::new("all").unwrap()]);
+        assert_eq!(up.credentials.host, "x");
     }
 
     #[test]
@@ -299,11 +408,9 @@ mod tests {
 
     #[test]
     fn tokens_are_case_insensitive_comma_lists() {
-        let req = "GET /ws?topic=a&topic=b HTTP/1.1\r\nUpgrade: WebSocket\r\nConnection: keep-alive, UPGRADE\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
-        let Some((Request::Upgrade { topics, .. }, _)) = parse_request(req.as_bytes()).unwrap() else {
-            panic!("not an upgrade")
-        };
-        assert_eq!(topics.len(), 2);
+        let req = "GET /ws?topic=a&topic=b HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-alive, UPGRADE\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
+        let Some((Request::Upgrade(up), _)) = parse_request(req.as_bytes()).unwrap() else { panic!("not an upgrade") };
+        assert_eq!(up.topics.len(), 2);
     }
 
     #[test]
@@ -311,6 +418,8 @@ mod tests {
         let base = upgrade_request("");
         assert_eq!(status_of("GARBAGE\r\n\r\n"), 400);
         assert_eq!(status_of("GET /ws HTTP/1.0\r\n\r\n"), 400);
+        assert_eq!(status_of(&base.replace("Host: x\r\n", "")), 400, "HTTP/1.1 requires Host");
+        assert_eq!(status_of(&upgrade_request("Host: y\r\n")), 400, "two Hosts");
         assert_eq!(status_of(&base.replace("GET", "POST")), 405);
         assert_eq!(status_of(&base.replace("/ws", "/nope")), 404);
         assert_eq!(status_of(&base.replace("Upgrade: websocket\r\n", "")), 400);
@@ -327,34 +436,103 @@ mod tests {
         assert_eq!(parse_request(&upgrade_request(&big).as_bytes()[..MAX_HEAD_BYTES]).unwrap_err().status, 431);
         let dup = upgrade_request(&format!("Sec-WebSocket-Key: {KEY}\r\n"));
         assert_eq!(status_of(&dup), 400);
+        assert_eq!(status_of(&upgrade_request("Sec-WebSocket-Version: 13\r\n")), 400, "repeated version");
     }
 
     #[test]
     fn health_and_publish_routes() {
-        assert_eq!(parse_request(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap().unwrap().0, Request::Health);
-        let req = "POST /publish/news HTTP/1.1\r\nContent-Length: 5\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/octet-stream\r\nExpect: 100-continue\r\n\r\nhello";
+        let health = |m: &str| parse_request(format!("{m} /healthz HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
+        assert_eq!(health("GET").unwrap().unwrap().0, Request::Health { head_only: false });
+        assert_eq!(health("HEAD").unwrap().unwrap().0, Request::Health { head_only: true });
+        let req = "POST /publish/news HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/octet-stream\r\nExpect: 100-continue\r\n\r\nhello";
         let (Request::Publish(head), len) = parse_request(req.as_bytes()).unwrap().unwrap() else {
             panic!("not a publish")
         };
         assert_eq!(&req[len..], "hello");
         assert_eq!(head.topic, Topic::new("news"));
         assert_eq!(head.content_length, 5);
-        assert_eq!(head.bearer.as_deref(), Some("s3cret"));
+        assert_eq!(head.credentials.bearer.as_deref(), Some("s3cret"));
         assert!(head.octet_stream && head.expect_continue);
-        assert_eq!(status_of("GET /publish/news HTTP/1.1\r\n\r\n"), 405);
-        assert_eq!(status_of("POST /publish/news HTTP/1.1\r\n\r\n"), 411);
-        let bad_topic = "POST /publish/a%20b HTTP/1.1\r\nContent-Length: 1\r\n\r\n";
+        assert_eq!(status_of("POST /publish/news HTTP/1.1\r\nHost: h\r\n\r\n"), 411);
+        let chunked = "POST /publish/news HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status_of(chunked), 411);
+        let bad_topic = "POST /publish/a%20b HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n";
         let Some((Request::Publish(head), _)) = parse_request(bad_topic.as_bytes()).unwrap() else { panic!() };
         assert!(head.topic.is_err());
     }
 
     #[test]
+    fn method_not_allowed_names_the_methods_of_that_path() {
+        for (req, allow) in [
+            ("POST /ws HTTP/1.1\r\nHost: h\r\n\r\n", "GET"),
+            ("POST /healthz HTTP/1.1\r\nHost: h\r\n\r\n", "GET, HEAD"),
+            ("GET /publish/news HTTP/1.1\r\nHost: h\r\n\r\n", "POST"),
+        ] {
+            let rejection = parse_request(req.as_bytes()).unwrap_err();
+            assert_eq!((rejection.status, rejection.allow), (405, allow), "{req}");
+            let response = String::from_utf8(rejection_response(rejection)).unwrap();
+            assert!(response.contains(&format!("\r\nAllow: {allow}\r\n")), "{response}");
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_query_token_is_read() {
+        for header in ["Bearer abc", "bearer abc", "BEARER   abc ", "BeArEr abc"] {
+            assert_eq!(bearer_token(header.as_bytes()), Some("abc"), "{header}");
+        }
+        for header in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", ""] {
+            assert_eq!(bearer_token(header.as_bytes()), None, "{header}");
+        }
+        let req = upgrade_request("Authorization: bearer h.p.s\r\nOrigin: https://a.example\r\n")
+            .replace("/ws", "/ws?topic=t&token=q.r.s");
+        let Some((Request::Upgrade(up), _)) = parse_request(req.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(up.credentials.bearer.as_deref(), Some("h.p.s"));
+        assert_eq!(up.credentials.query_token.as_deref(), Some("q.r.s"));
+        assert_eq!(up.credentials.origin.as_deref(), Some("https://a.example"));
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"5"), Some(5));
+        assert_eq!(content_length(b" 0002 "), Some(2), "leading zeros are digits");
+        for bad in [&b"+2"[..], b"-2", b"", b" ", b"2 3", b"0x10", b"1e3", b"99999999999999999999999"] {
+            assert_eq!(content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        let publish = |len: &str| {
+            let req = format!("POST /publish/t HTTP/1.1\r\nHost: h\r\nContent-Length: {len}\r\n\r\n");
+            parse_request(req.as_bytes()).map(|r| r.map(|(req, _)| req))
+        };
+        assert_eq!(publish("+2").unwrap_err().status, 400);
+        assert!(matches!(publish("0002"), Ok(Some(Request::Publish(PublishHead { content_length: 2, .. })))));
+    }
+
+    #[test]
+    fn bytes_that_cannot_start_a_request_are_noticed_at_once() {
+        for ok in [&b""[..], b"G", b"GET", b"GET /", b"\r\nPOST /x", b"HEAD", b"M-SEARCH * "] {
+            assert!(plausible_start(ok), "{:?}", String::from_utf8_lossy(ok));
+        }
+        // a TLS ClientHello starts 0x16 0x03
+        for bad in [
+            &b"\x16\x03\x01\x02\x00"[..],
+            b" GET",
+            b"GE\x00T",
+            b"{\"json\": 1}",
+            b"GETTINGVERYLONGMETHODNAME",
+            b"\r\n\r\n\r\n",
+        ] {
+            assert!(!plausible_start(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn responses() {
-        let r = String::from_utf8(rejection_response(Rejection { status: 426, reason: "v" })).unwrap();
+        let r = String::from_utf8(rejection_response(Rejection::new(426, "v"))).unwrap();
         assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(r.ends_with("\r\n\r\nv\n"));
         let ok = String::from_utf8(upgrade_response("abc=")).unwrap();
         assert!(ok.contains("Sec-WebSocket-Accept: abc=\r\n"));
+        let head = String::from_utf8(head_response(200, "text/plain", "ok\n")).unwrap();
+        assert!(head.contains("Content-Length: 3\r\n") && head.ends_with("\r\n\r\n"), "HEAD: no body");
     }
 }

@@ -1,27 +1,54 @@
 //! wshub: a WebSocket publish/subscribe hub on one thread and one mio loop.
 //!
-//! The protocol lives in I/O-free modules that tests drive with bytes:
-//! [`http`] (the upgrade and the other HTTP routes), [`frame`] and [`utf8`]
-//! (RFC 6455 framing), [`connection`] (one connection's state machine),
-//! [`send_queue`] (bounded per-client queues) and [`hub`] (topics). The
-//! [`server`] module is the thin mio driver around them; [`publisher`] lets
-//! other threads publish into the loop.
+//! The protocol lives in I/O-free modules driven with bytes and a clock:
+//! `http` (requests, routes, responses), `frame` and `utf8` (RFC 6455
+//! framing), `connection` (one connection's state machine), `send_queue`
+//! (bounded per-client queues), `admission` (who may connect), `hub` (every
+//! connection and the hub-wide rules, over any `transport`) and
+//! `subscriptions` (topics). `server` is the thin mio driver around them;
+//! [`Publisher`] lets other threads publish into the loop.
+//!
+//! The public API is [`Config`], [`Server`], [`Publisher`], [`Message`],
+//! [`PublishError`], [`Topic`] and [`Stats`].
 
-pub mod config;
-pub mod connection;
-pub mod frame;
-pub mod http;
-pub mod hub;
-pub mod publisher;
-pub mod send_queue;
-pub mod server;
-pub mod topic;
-pub mod utf8;
+mod admission;
+mod config;
+mod connection;
+mod frame;
+mod http;
+mod hub;
+mod publisher;
+mod reason;
+mod send_queue;
+mod server;
+mod stats;
+mod subscriptions;
+mod topic;
+mod transport;
+mod utf8;
 
-pub use config::Config;
+pub use config::{Command, Config, usage};
 pub use publisher::{Message, PublishError, Publisher};
+pub use reason::Exit;
 pub use server::Server;
-pub use topic::Topic;
+pub use stats::Stats;
+pub use topic::{Topic, TopicError};
+
+/// Internals for this crate's integration tests and benchmarks: the sans-IO
+/// core and the helpers that drive it. Not a stable API.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::admission::Admission;
+    pub use crate::connection::{Action, Connection, Context, Millis, Reason};
+    pub use crate::frame::{FrameDecoder, MessageKind, SharedFrame, encode_client, encode_message};
+    pub use crate::http::{Request, parse_request};
+    pub use crate::hub::{ClientId, Hub};
+    pub use crate::memory_transport::MemoryTransport;
+    pub use crate::send_queue::CORK_BYTES;
+    pub use crate::transport::Transport;
+}
+
+mod memory_transport;
 
 /// Compiles the README's Rust example as a doc test, so it stays true.
 #[cfg(doctest)]

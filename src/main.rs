@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use wshub::config::{Command, Config, usage};
+use wshub::{Command, Config, usage};
 
 fn main() -> ExitCode {
     let command = Config::from_args(std::env::args().skip(1), |name| std::env::var(name).ok());

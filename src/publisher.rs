@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::stats::Stats;
 use crate::topic::{Topic, TopicError};
 
 /// A message published by the application.
@@ -76,6 +77,9 @@ pub(crate) struct Inbox {
     pub messages: VecDeque<(Topic, Message)>,
     pub shutdown_requested: bool,
     pub closed: bool,
+    /// The loop's latest snapshot (refreshed at every deadline sweep, at
+    /// least once a second, and when the loop ends).
+    pub stats: Stats,
 }
 
 pub(crate) struct Shared {
@@ -132,6 +136,12 @@ impl Publisher {
             self.wake();
         }
         Ok(())
+    }
+
+    /// The hub's counters and gauges as of its last sweep (at most about a
+    /// second old; final once `run` has returned).
+    pub fn stats(&self) -> Stats {
+        self.shared.lock().stats.clone()
     }
 
     /// Starts a graceful shutdown, as SIGTERM does.

@@ -13,14 +13,14 @@ use std::io::{self, IoSlice, Write};
 use crate::frame::SharedFrame;
 
 /// Frames handed to one `writev` at most (well under Linux's IOV_MAX of 1024).
-const MAX_IOVECS: usize = 64;
+pub const MAX_IOVECS: usize = 64;
 /// A queue that grew past this many slots during a burst gives them back once
 /// it is empty again, so a once-busy client does not keep the memory.
 const KEEP_CAPACITY: usize = 64;
 
 /// Frames that add up to at most this are copied into the loop's cork
 /// buffer and written with one `write`, which measured about 10% cheaper per
-/// delivery than a `writev` of the same small frames (benches/fanout.sh,
+/// delivery than a `writev` of the same small frames (benches/fanout.py,
 /// N=1000 × 64 B); larger batches go out with `writev`, without a copy.
 pub const CORK_BYTES: usize = 16 * 1024;
 
@@ -44,14 +44,6 @@ impl Overflow {
             Overflow::Bytes => "send queue full (bytes)",
         }
     }
-}
-
-/// Result of draining as much as the socket would take.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    pub bytes: usize,
-    /// Everything queued was written.
-    pub drained: bool,
 }
 
 #[derive(Debug, Default)]
@@ -108,52 +100,43 @@ impl SendQueue {
         }
     }
 
-    /// Writes queued frames until the queue is empty or the writer would
-    /// block. Errors other than `WouldBlock` are returned as they are.
-    /// `cork` is scratch space shared by all queues of the loop.
-    pub fn write_to<W: Write>(&mut self, writer: &mut W, cork: &mut Vec<u8>) -> io::Result<Written> {
-        let mut total = 0;
-        while let Some(front) = self.frames.front() {
-            let result = if self.frames.len() == 1 {
-                writer.write(&front[self.offset..])
-            } else if self.pending <= CORK_BYTES {
-                cork.clear();
-                cork.extend_from_slice(&front[self.offset..]);
-                for frame in self.frames.iter().skip(1) {
-                    cork.extend_from_slice(frame);
-                }
-                writer.write(cork)
-            } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut count = 0;
-                for (slot, frame) in slices.iter_mut().zip(&self.frames) {
-                    let start = if count == 0 { self.offset } else { 0 };
-                    *slot = IoSlice::new(&frame[start..]);
-                    count += 1;
-                }
-                writer.write_vectored(&slices[..count])
-            };
-            match result {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    total += n;
-                    self.advance(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(Written { bytes: total, drained: false });
-                }
-                Err(e) => return Err(e),
+    /// What to write next, for one system call: fills `slices` and returns
+    /// how many it used (0 when the queue is empty). Small batches are
+    /// copied into `cork` (scratch space shared by every queue of the loop)
+    /// and given as one slice; a lone frame is given as it is; larger
+    /// batches as up to [`MAX_IOVECS`] slices of the shared frames, without
+    /// a copy. Whatever the writer accepts is reported to [`advance`].
+    ///
+    /// [`advance`]: SendQueue::advance
+    pub fn chunks<'a>(&'a self, cork: &'a mut Vec<u8>, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+        let Some(front) = self.frames.front() else {
+            return 0;
+        };
+        if self.frames.len() == 1 {
+            slices[0] = IoSlice::new(&front[self.offset..]);
+            return 1;
+        }
+        if self.pending <= CORK_BYTES {
+            cork.clear();
+            cork.extend_from_slice(&front[self.offset..]);
+            for frame in self.frames.iter().skip(1) {
+                cork.extend_from_slice(frame);
             }
+            slices[0] = IoSlice::new(cork);
+            return 1;
         }
-        if self.frames.capacity() > KEEP_CAPACITY {
-            self.frames = VecDeque::new();
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+            let start = if count == 0 { self.offset } else { 0 };
+            *slot = IoSlice::new(&frame[start..]);
+            count += 1;
         }
-        Ok(Written { bytes: total, drained: true })
+        count
     }
 
-    fn advance(&mut self, mut n: usize) {
-        self.pending -= n;
+    /// `n` bytes of what [`chunks`](SendQueue::chunks) offered were written.
+    pub fn advance(&mut self, mut n: usize) {
+        self.pending -= n.min(self.pending);
         while n > 0 {
             let Some(front) = self.frames.front() else {
                 return;
@@ -166,6 +149,36 @@ impl SendQueue {
             n -= left;
             self.offset = 0;
             self.frames.pop_front();
+        }
+        if self.frames.is_empty() && self.frames.capacity() > KEEP_CAPACITY {
+            self.frames = VecDeque::new();
+        }
+    }
+
+    /// Writes queued frames until the queue is empty or `writer` pushes back
+    /// (`WouldBlock`, or accepting nothing); returns the bytes written.
+    /// Errors other than `WouldBlock` are returned as they are.
+    pub fn write_to<W: Write>(&mut self, writer: &mut W, cork: &mut Vec<u8>) -> io::Result<usize> {
+        let mut total = 0;
+        loop {
+            let result = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                match self.chunks(cork, &mut slices) {
+                    0 => return Ok(total),
+                    1 => writer.write(&slices[0]),
+                    n => writer.write_vectored(&slices[..n]),
+                }
+            };
+            match result {
+                Ok(0) => return Ok(total),
+                Ok(n) => {
+                    total += n;
+                    self.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -237,7 +250,10 @@ mod tests {
             }
             let mut w = Trickle { out: Vec::new(), budget, calls: 0 };
             let mut rounds = 0;
-            while !q.write_to(&mut w, &mut Vec::new()).unwrap().drained {
+            while {
+                q.write_to(&mut w, &mut Vec::new()).unwrap();
+                !q.is_empty()
+            } {
                 rounds += 1;
                 assert!(rounds < 100);
             }

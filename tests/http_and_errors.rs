@@ -209,7 +209,7 @@ fn publish_errors() {
     assert_eq!(status(publish_request("t", b"x", auth)), 200);
     assert_eq!(status(publish_request("t", &[b'x'; 101], auth)), 413);
     assert_eq!(status(publish_request("bad%20topic", b"x", auth)), 400);
-    assert_eq!(status(b"GET /publish/t HTTP/1.1\r\n\r\n".to_vec()), 405);
+    assert_eq!(status(b"GET /publish/t HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()), 405);
 }
 
 #[test]

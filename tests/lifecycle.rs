@@ -201,7 +201,7 @@ fn out_of_file_descriptors_pauses_accepting_without_spinning_then_recovers() {
     drop(held);
     drop(extra);
     wait_until("accepting again", || {
-        let response = http(bin.addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+        let response = http(bin.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
         response.starts_with("HTTP/1.1 200")
     });
     bin.signal("TERM");

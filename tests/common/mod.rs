@@ -205,7 +205,7 @@ impl RawWs {
 }
 
 pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    wshub::frame::encode_client(first, payload, [0x12, 0x34, 0x56, 0x78])
+    wshub::testing::encode_client(first, payload, [0x12, 0x34, 0x56, 0x78])
 }
 
 fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {

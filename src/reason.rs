@@ -1,0 +1,148 @@
+//! Why a connection ended. Every way out is one value here, and the value
+//! carries what the exit path needs: the log level, the log line, and the
+//! counter it lands in. The hub records a reason once per connection.
+
+use std::fmt;
+use std::io;
+
+use tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::frame::ProtocolError;
+use crate::http::Rejection;
+
+/// Why a connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The HTTP request was answered with an error status.
+    Rejected(Rejection),
+    /// The peer broke RFC 6455; closed with the error's code.
+    Protocol(ProtocolError),
+    /// Send queue full or stalled: closed with 1013.
+    SlowConsumer(&'static str),
+    /// The client sent a close frame (its code, if any).
+    ClientClosed(Option<u16>),
+    /// A health check or publish was answered.
+    HttpDone,
+    HandshakeTimeout,
+    IdleTimeout,
+    /// Our last bytes were sent but the peer did not close in time.
+    LingerTimeout,
+    ShuttingDown,
+    /// EOF or a socket error before the connection ended in order.
+    ConnectionLost(io::ErrorKind),
+}
+
+/// The counter a reason lands in: a small, fixed set of labels (the metrics
+/// issue exposes them as `reason="..."`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Exit {
+    Rejected,
+    HttpDone,
+    ClientClosed,
+    ProtocolError,
+    InvalidUtf8,
+    Policy,
+    MessageTooBig,
+    SlowConsumer,
+    HandshakeTimeout,
+    IdleTimeout,
+    LingerTimeout,
+    ShuttingDown,
+    ConnectionLost,
+}
+
+impl Exit {
+    pub const ALL: [Exit; 13] = [
+        Exit::Rejected,
+        Exit::HttpDone,
+        Exit::ClientClosed,
+        Exit::ProtocolError,
+        Exit::InvalidUtf8,
+        Exit::Policy,
+        Exit::MessageTooBig,
+        Exit::SlowConsumer,
+        Exit::HandshakeTimeout,
+        Exit::IdleTimeout,
+        Exit::LingerTimeout,
+        Exit::ShuttingDown,
+        Exit::ConnectionLost,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Exit::Rejected => "rejected",
+            Exit::HttpDone => "http_done",
+            Exit::ClientClosed => "client_close",
+            Exit::ProtocolError => "protocol_error",
+            Exit::InvalidUtf8 => "invalid_utf8",
+            Exit::Policy => "policy",
+            Exit::MessageTooBig => "message_too_big",
+            Exit::SlowConsumer => "slow_consumer",
+            Exit::HandshakeTimeout => "handshake_timeout",
+            Exit::IdleTimeout => "idle_timeout",
+            Exit::LingerTimeout => "close_timeout",
+            Exit::ShuttingDown => "shutdown",
+            Exit::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
+impl Reason {
+    /// Problems a peer can cause are `info` (they are about the peer, not
+    /// the hub); slow consumers are `warn` (they lose messages); ordinary
+    /// endings are `debug`.
+    pub fn level(&self) -> log::Level {
+        match self {
+            Reason::SlowConsumer(_) => log::Level::Warn,
+            Reason::Rejected(_) | Reason::Protocol(_) | Reason::HandshakeTimeout | Reason::IdleTimeout => {
+                log::Level::Info
+            }
+            Reason::ClientClosed(_)
+            | Reason::HttpDone
+            | Reason::LingerTimeout
+            | Reason::ShuttingDown
+            | Reason::ConnectionLost(_) => log::Level::Debug,
+        }
+    }
+
+    pub fn exit(&self) -> Exit {
+        match self {
+            Reason::Rejected(_) => Exit::Rejected,
+            Reason::HttpDone => Exit::HttpDone,
+            Reason::ClientClosed(_) => Exit::ClientClosed,
+            Reason::Protocol(e) => match e.code {
+                CloseCode::Invalid => Exit::InvalidUtf8,
+                CloseCode::Policy => Exit::Policy,
+                CloseCode::Size => Exit::MessageTooBig,
+                _ => Exit::ProtocolError,
+            },
+            Reason::SlowConsumer(_) => Exit::SlowConsumer,
+            Reason::HandshakeTimeout => Exit::HandshakeTimeout,
+            Reason::IdleTimeout => Exit::IdleTimeout,
+            Reason::LingerTimeout => Exit::LingerTimeout,
+            Reason::ShuttingDown => Exit::ShuttingDown,
+            Reason::ConnectionLost(_) => Exit::ConnectionLost,
+        }
+    }
+}
+
+/// The log text (after the peer address).
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Rejected(r) => write!(f, "rejected with HTTP {}: {}", r.status, r.reason),
+            Reason::Protocol(e) => write!(f, "closing with {}: {}", u16::from(e.code), e.reason),
+            Reason::SlowConsumer(why) => write!(f, "dropping slow consumer with 1013: {why}"),
+            Reason::ClientClosed(Some(code)) => write!(f, "client closed ({code})"),
+            Reason::ClientClosed(None) => f.write_str("client closed (no code)"),
+            Reason::HttpDone => f.write_str("HTTP request answered"),
+            Reason::HandshakeTimeout => f.write_str("dropped: no complete request within --handshake-timeout"),
+            Reason::IdleTimeout => f.write_str("dropped: silent for --idle-timeout"),
+            Reason::LingerTimeout => f.write_str("dropped: close not acknowledged in time"),
+            Reason::ShuttingDown => f.write_str("closing for shutdown"),
+            Reason::ConnectionLost(io::ErrorKind::UnexpectedEof) => f.write_str("peer went away"),
+            Reason::ConnectionLost(kind) => write!(f, "connection lost ({kind})"),
+        }
+    }
+}

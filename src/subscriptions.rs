@@ -1,0 +1,185 @@
+//! Who is subscribed to what, without I/O: the topic bookkeeping of the hub.
+//!
+//! Each topic keeps a dense list of subscriber ids, so a broadcast walks only
+//! the receivers. Each client remembers where it sits in each of its topics'
+//! lists, so leaving is O(topics) with a swap-remove, never a search through
+//! thousands of subscribers. A sender with several topics reaches a client
+//! subscribed to more than one of them once: receivers are stamped with the
+//! broadcast's number as they are visited.
+
+use std::collections::HashMap;
+
+use slab::Slab;
+
+use crate::topic::Topic;
+
+/// The id the driver uses for a client (its slab key).
+pub type ClientId = usize;
+
+#[derive(Debug)]
+struct TopicEntry {
+    name: Topic,
+    subscribers: Vec<u32>,
+}
+
+/// One subscription of a client: which topic, and where in its list.
+#[derive(Debug, Clone, Copy)]
+struct Membership {
+    topic: u32,
+    position: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    topics: Slab<TopicEntry>,
+    by_name: HashMap<Topic, u32>,
+    /// Indexed by client id; empty for ids not subscribed.
+    memberships: Vec<Vec<Membership>>,
+    /// Indexed by client id: the last broadcast that reached it.
+    stamps: Vec<u64>,
+    broadcasts: u64,
+}
+
+impl Subscriptions {
+    /// Subscribes a new client to `topics` (already deduplicated).
+    pub fn subscribe(&mut self, client: ClientId, topics: &[Topic]) {
+        if self.memberships.len() <= client {
+            self.memberships.resize_with(client + 1, Vec::new);
+            self.stamps.resize(client + 1, 0);
+        }
+        debug_assert!(self.memberships[client].is_empty(), "client {client} subscribed twice");
+        let mut joined = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let index = match self.by_name.get(topic) {
+                Some(&index) => index,
+                None => {
+                    let index = self.topics.insert(TopicEntry { name: topic.clone(), subscribers: Vec::new() }) as u32;
+                    self.by_name.insert(topic.clone(), index);
+                    index
+                }
+            };
+            let subscribers = &mut self.topics[index as usize].subscribers;
+            joined.push(Membership { topic: index, position: subscribers.len() as u32 });
+            subscribers.push(client as u32);
+        }
+        self.memberships[client] = joined;
+    }
+
+    /// Removes a client from all its topics; a topic left empty is forgotten.
+    pub fn unsubscribe(&mut self, client: ClientId) {
+        let Some(joined) = self.memberships.get_mut(client).map(std::mem::take) else {
+            return;
+        };
+        for Membership { topic, position } in joined {
+            let entry = &mut self.topics[topic as usize];
+            entry.subscribers.swap_remove(position as usize);
+            if let Some(&moved) = entry.subscribers.get(position as usize) {
+                // The last subscriber now sits where we were: tell it.
+                if let Some(m) = self.memberships[moved as usize].iter_mut().find(|m| m.topic == topic) {
+                    m.position = position;
+                }
+            }
+            if entry.subscribers.is_empty() {
+                let entry = self.topics.remove(topic as usize);
+                self.by_name.remove(&entry.name);
+            } else if entry.subscribers.capacity() > 4 * entry.subscribers.len() + 16 {
+                entry.subscribers.shrink_to(2 * entry.subscribers.len());
+            }
+        }
+    }
+
+    /// Calls `deliver` once for every client subscribed to any topic of
+    /// `sender`, the sender included.
+    pub fn for_each_peer(&mut self, sender: ClientId, mut deliver: impl FnMut(ClientId)) {
+        let Some(joined) = self.memberships.get(sender) else {
+            return;
+        };
+        if let [only] = joined[..] {
+            for &client in &self.topics[only.topic as usize].subscribers {
+                deliver(client as ClientId);
+            }
+            return;
+        }
+        self.broadcasts += 1;
+        let stamp = self.broadcasts;
+        for membership in joined {
+            for &client in &self.topics[membership.topic as usize].subscribers {
+                let seen = &mut self.stamps[client as usize];
+                if *seen != stamp {
+                    *seen = stamp;
+                    deliver(client as ClientId);
+                }
+            }
+        }
+    }
+
+    /// Calls `deliver` for every subscriber of `topic`; returns how many.
+    pub fn for_each_subscriber(&self, topic: &Topic, mut deliver: impl FnMut(ClientId)) -> usize {
+        let Some(&index) = self.by_name.get(topic) else {
+            return 0;
+        };
+        let subscribers = &self.topics[index as usize].subscribers;
+        for &client in subscribers {
+            deliver(client as ClientId);
+        }
+        subscribers.len()
+    }
+
+    /// Number of topics with at least one subscriber.
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topics(names: &[&str]) -> Vec<Topic> {
+        names.iter().map(|n| Topic::new(n).unwrap()).collect()
+    }
+
+    fn peers(hub: &mut Subscriptions, sender: ClientId) -> Vec<ClientId> {
+        let mut out = Vec::new();
+        hub.for_each_peer(sender, |c| out.push(c));
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn delivery_is_by_topic_and_exactly_once() {
+        let mut hub = Subscriptions::default();
+        hub.subscribe(0, &topics(&["a"]));
+        hub.subscribe(1, &topics(&["b"]));
+        hub.subscribe(2, &topics(&["a", "b"]));
+        hub.subscribe(3, &topics(&["c"]));
+        assert_eq!(peers(&mut hub, 0), [0, 2]);
+        assert_eq!(peers(&mut hub, 1), [1, 2]);
+        assert_eq!(peers(&mut hub, 2), [0, 1, 2]);
+        assert_eq!(peers(&mut hub, 2), [0, 1, 2], "a second broadcast reaches everyone again");
+        assert_eq!(peers(&mut hub, 3), [3]);
+        let mut n = Vec::new();
+        assert_eq!(hub.for_each_subscriber(&Topic::new("b").unwrap(), |c| n.push(c)), 2);
+        assert_eq!(hub.for_each_subscriber(&Topic::new("zzz").unwrap(), |_| {}), 0);
+    }
+
+    #[test]
+    fn leaving_keeps_the_others_reachable() {
+        let mut hub = Subscriptions::default();
+        for id in 0..10 {
+            hub.subscribe(id, &topics(&["a", "b"]));
+        }
+        for id in [0, 5, 9, 3] {
+            hub.unsubscribe(id);
+        }
+        assert_eq!(peers(&mut hub, 1), [1, 2, 4, 6, 7, 8]);
+        // a slot can be reused by a new client
+        hub.subscribe(5, &topics(&["b"]));
+        assert_eq!(peers(&mut hub, 5), [1, 2, 4, 5, 6, 7, 8]);
+        for id in [1, 2, 4, 5, 6, 7, 8] {
+            hub.unsubscribe(id);
+        }
+        assert_eq!(hub.topic_count(), 0);
+        hub.unsubscribe(42); // unknown: no effect
+    }
+}
