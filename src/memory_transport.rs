@@ -61,6 +61,11 @@ impl MemoryTransport {
         }
     }
 
+    /// From now on the peer accepts exactly `room` more bytes.
+    pub fn set_room(&self, room: usize) {
+        self.pipe.borrow_mut().room = Some(room);
+    }
+
     /// Everything written since the last call.
     pub fn take_sent(&self) -> Vec<u8> {
         std::mem::take(&mut self.pipe.borrow_mut().sent)

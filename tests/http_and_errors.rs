@@ -26,6 +26,8 @@ fn every_upgrade_error_gets_its_status() {
         ("no key", upgrade_with((&format!("Sec-WebSocket-Key: {UPGRADE_KEY}\r\n"), "")), 400),
         ("short key", upgrade_with((UPGRADE_KEY, "AAAA")), 400),
         ("version 8", upgrade_with(("Version: 13", "Version: 8")), 426),
+        ("two versions", upgrade_with(("Version: 13\r\n", "Version: 13\r\nSec-WebSocket-Version: 13\r\n")), 400),
+        ("no Host", upgrade_with(("Host: test\r\n", "")), 400),
         ("bad topic", upgrade_with(("/ws", "/ws?topic=no%20spaces")), 400),
         (
             "65 headers",
@@ -98,6 +100,60 @@ fn healthz_answers_ok() {
     let response = http(hub.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status_of(&response), 200);
     assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+    let head = http(hub.addr, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status_of(&head), 200);
+    assert!(head.contains("Content-Length: 3\r\n"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD gets no body: {head:?}");
+}
+
+#[test]
+fn method_not_allowed_names_the_methods_of_the_path() {
+    let hub = Hub::default();
+    for (request, allow) in [
+        (upgrade_with(("GET", "PUT")), "GET"),
+        ("DELETE /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), "GET, HEAD"),
+        ("GET /publish/t HTTP/1.1\r\nHost: x\r\n\r\n".to_string(), "POST"),
+    ] {
+        let response = http(hub.addr, request.as_bytes());
+        assert_eq!(status_of(&response), 405, "{response}");
+        assert!(response.contains(&format!("\r\nAllow: {allow}\r\n")), "{response}");
+    }
+}
+
+#[test]
+fn a_tls_client_hello_on_the_plain_port_gets_400_at_once() {
+    // The handshake timeout is long: the answer must not wait for it.
+    let hub = Hub::start(Config { handshake_timeout: Duration::from_secs(60), ..Config::default() });
+    let mut stream = TcpStream::connect(hub.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The start of a TLS 1.2/1.3 ClientHello record.
+    stream.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("answered well before the handshake timeout");
+    assert_eq!(status_of(&response), 400, "{response}");
+}
+
+#[test]
+fn a_publish_body_must_arrive_within_the_same_handshake_timeout() {
+    let hub = Hub::start(Config { handshake_timeout: Duration::from_millis(800), ..Config::default() });
+    let mut stream = TcpStream::connect(hub.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(b"POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n").unwrap();
+    // The body trickles in, a byte at a time, for longer than the timeout.
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(5) {
+        if stream.write_all(b"x").is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "published after the deadline");
+    assert!(closed || rest.is_empty(), "the connection was closed");
+    wait_until("counted as a handshake timeout", || hub.publisher.stats().exited(wshub::Exit::HandshakeTimeout) == 1);
 }
 
 #[test]
@@ -210,6 +266,16 @@ fn publish_errors() {
     assert_eq!(status(publish_request("t", &[b'x'; 101], auth)), 413);
     assert_eq!(status(publish_request("bad%20topic", b"x", auth)), 400);
     assert_eq!(status(b"GET /publish/t HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()), 405);
+    let chunked = "POST /publish/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    assert_eq!(status(chunked.as_bytes().to_vec()), 411);
+    assert_eq!(status(publish_request("t", b"x", "").into_iter().collect()), 401);
+    let signed = String::from_utf8(publish_request("t", b"xy", auth)).unwrap().replace("Length: 2", "Length: +2");
+    assert_eq!(status(signed.into_bytes()), 400, "a signed Content-Length is not a length");
+    assert_eq!(
+        status(publish_request("t", b"x", "Authorization: bearer s3cret\r\n")),
+        200,
+        "scheme is case-insensitive"
+    );
 }
 
 #[test]

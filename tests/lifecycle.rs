@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use wshub::{Config, Message, PublishError, Publisher};
+use wshub::{Config, Exit, Message, PublishError, Publisher, Server};
 
 #[test]
 fn publisher_is_a_thread_safe_handle() {
@@ -33,6 +33,65 @@ fn publisher_is_a_thread_safe_handle() {
     assert!(matches!(hub.publisher.publish("bad topic", "x"), Err(PublishError::InvalidTopic(_))));
     let too_big = "x".repeat(Config::default().max_message_size + 1);
     assert_eq!(hub.publisher.publish("news", too_big), Err(PublishError::TooLarge));
+}
+
+#[test]
+fn a_full_publisher_queue_refuses_without_queueing() {
+    let config = Config { publisher_queue: 2, listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    let server = Server::bind(config).unwrap();
+    let publisher = server.publisher();
+    // The loop is not running yet, so nothing drains the queue.
+    publisher.publish("t", "one").unwrap();
+    publisher.publish("t", "two").unwrap();
+    assert_eq!(publisher.publish("t", "three"), Err(PublishError::Full));
+    let thread = std::thread::spawn(move || server.run());
+    wait_until("the loop drained the queue", || publisher.publish("t", "again").is_ok());
+    publisher.shutdown();
+    thread.join().unwrap().unwrap();
+    assert_eq!(publisher.stats().published, 3, "one, two and again; three was refused");
+}
+
+#[test]
+fn stats_count_what_happened() {
+    let mut hub = Hub::default();
+    let mut a = client(&hub, "/ws?topic=t");
+    let mut b = client(&hub, "/ws?topic=t&topic=u");
+    for i in 0..5 {
+        a.send(tungstenite::Message::text(format!("m{i}"))).unwrap();
+        assert_eq!(text(&mut b), format!("m{i}"));
+    }
+    assert_eq!(status_of(&http(hub.addr, b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")), 404);
+    let mut bad = RawWs::connect(hub.addr, "/ws");
+    bad.send_raw(&[0x81, 0x00]); // unmasked
+    assert_eq!(bad.expect_close(), Some(1002));
+    wait_until("the counters", || {
+        let s = hub.publisher.stats();
+        s.messages_in == 5 && s.rejected_with(404) == 1 && s.exited(Exit::ProtocolError) == 1
+    });
+    let s = hub.publisher.stats();
+    assert_eq!((s.open, s.upgrades, s.accepted), (2, 3, 4));
+    assert_eq!(s.deliveries, 10, "each message to a and b");
+    assert_eq!(s.topics, 2);
+    assert!(s.bytes_in > 0 && s.bytes_out > 0);
+    drop(a);
+    hub.stop().unwrap();
+    let s = hub.publisher.stats();
+    assert_eq!(s.open, 0, "final snapshot after run returned");
+    assert_eq!(s.exited(Exit::ShuttingDown) + s.exited(Exit::ConnectionLost), 2);
+}
+
+#[test]
+fn after_its_close_reply_the_hub_half_closes_and_lingers_for_the_peer() {
+    let hub = Hub::default();
+    let mut raw = RawWs::connect(hub.addr, "/ws");
+    raw.send_frame(0x88, &1000u16.to_be_bytes());
+    assert_eq!(raw.expect_close(), Some(1000));
+    // Our side is still open: the hub has sent its FIN and waits for ours.
+    assert!(raw.wait_closed(), "FIN after the close frame");
+    wait_until("one connection closing", || hub.publisher.stats().closing == 1);
+    drop(raw);
+    wait_until("gone after our FIN", || hub.publisher.stats().closing == 0);
+    assert_eq!(hub.publisher.stats().exited(Exit::ClientClosed), 1);
 }
 
 #[test]

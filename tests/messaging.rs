@@ -7,7 +7,7 @@ use std::thread;
 
 use common::*;
 use tungstenite::Message;
-use wshub::Config;
+use wshub::{Config, Exit};
 
 #[test]
 fn broadcast_reaches_every_client_including_the_sender() {
@@ -151,28 +151,28 @@ fn server_pings_a_silent_client_then_drops_it() {
 
 #[test]
 fn slow_consumer_is_dropped_while_a_normal_client_gets_everything_in_order() {
-    const MESSAGES: usize = 600;
+    let messages = flood_count(16 * 1024, 32 * 16 * 1024) as usize;
     let config = Config { no_echo: true, queue_messages: 32, ..Config::default() };
     let hub = Hub::start(config);
-    let mut slow = RawWs::connect(hub.addr, "/ws");
+    let mut slow = RawWs::connect_small_window(hub.addr, "/ws");
     let mut normal = client(&hub, "/ws");
     let mut sender = client(&hub, "/ws");
 
     let reader = thread::spawn(move || {
-        (0..MESSAGES)
+        (0..messages)
             .map(|_| match next_message(&mut normal) {
                 Message::Binary(b) => u32::from_be_bytes(b[..4].try_into().unwrap()),
                 other => panic!("{other:?}"),
             })
             .collect::<Vec<u32>>()
     });
-    for i in 0..MESSAGES as u32 {
+    for i in 0..messages as u32 {
         let mut payload = vec![0u8; 16 * 1024];
         payload[..4].copy_from_slice(&i.to_be_bytes());
         sender.send(Message::binary(payload)).unwrap();
     }
     let received = reader.join().unwrap();
-    assert_eq!(received, (0..MESSAGES as u32).collect::<Vec<_>>(), "every message, in order");
+    assert_eq!(received, (0..messages as u32).collect::<Vec<_>>(), "every message, in order");
 
     // The slow client got a gap-free prefix, then the connection ended.
     let mut expected = 0u32;
@@ -189,43 +189,89 @@ fn slow_consumer_is_dropped_while_a_normal_client_gets_everything_in_order() {
             }
             other => panic!("unexpected opcode {other}"),
         }
-        if expected as usize == MESSAGES {
+        if expected as usize == messages {
             panic!("the slow client was never dropped");
         }
     }
 }
 
+/// A message of `size` bytes that starts with its sequence number.
+fn numbered(i: u32, size: usize) -> Vec<u8> {
+    let mut payload = vec![0x5a; size];
+    payload[..4].copy_from_slice(&i.to_be_bytes());
+    payload
+}
+
+fn number(frame: &RawFrame) -> u32 {
+    u32::from_be_bytes(frame.payload[..4].try_into().unwrap())
+}
+
+/// How many messages of `size` bytes surely stall a client that does not
+/// read: more than the kernel lets a socket's send buffer grow to (the third
+/// field of `tcp_wmem`), plus the client's small window, plus `queued` bytes.
+fn flood_count(size: usize, queued: usize) -> u32 {
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse::<usize>().ok()))
+        .unwrap_or(4 << 20);
+    ((wmem_max + queued + (1 << 20)) / size + 1) as u32
+}
+
 #[test]
 fn a_stalled_queue_is_dropped_after_the_write_timeout() {
+    const SIZE: usize = 256 * 1024;
     let config = Config {
         write_timeout: std::time::Duration::from_millis(500),
-        queue_bytes: 64 << 20,
-        max_message_size: 1 << 20,
+        max_message_size: SIZE,
+        queue_messages: 4096,
+        queue_bytes: 1 << 30,
         ..Config::default()
     };
     let hub = Hub::start(config);
-    let mut stalled = RawWs::connect(hub.addr, "/ws?topic=t");
+    let mut stalled = RawWs::connect_small_window(hub.addr, "/ws?topic=t");
     let mut other = client(&hub, "/ws?topic=t");
-    // ~24 MiB: more than loopback socket buffers hold, fewer than the bounds.
-    for _ in 0..24 {
-        hub.publisher.publish("t", vec![7u8; 1 << 20]).unwrap();
-        let _ = next_message(&mut other);
+    // Below both queue bounds, above what the kernel buffers.
+    let count = flood_count(SIZE, 0);
+    for i in 0..count {
+        hub.publish_and_wait(&mut other, "t", numbered(i, SIZE));
     }
-    // Not reading is the point: wait well past the timeout (and the sweep
-    // that notices it), then read what the hub had managed to send.
-    thread::sleep(std::time::Duration::from_secs(3));
-    let mut received = 0usize;
-    let mut chunk = vec![0u8; 1 << 20];
-    loop {
-        match std::io::Read::read(&mut stalled.stream, &mut chunk) {
-            Ok(0) => break,
-            Ok(n) => received += n,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("the stalled client was not dropped: {e}"),
+    // Not reading is the point; the hub's sweep notices the stall.
+    wait_until("the stalled client dropped", || hub.publisher.stats().exited(Exit::SlowConsumer) == 1);
+    // What it had been sent arrives in order and whole, then the end.
+    let mut expected = 0;
+    while let Some(frame) = stalled.try_read_frame() {
+        if frame.opcode == 8 {
+            assert_eq!(frame.close_code(), Some(1013));
+            break;
         }
+        assert_eq!(number(&frame), expected, "in order, no gap");
+        expected += 1;
     }
-    assert!(received < 24 << 20, "dropped before everything was sent ({received} bytes)");
+    assert!(expected < count, "dropped before everything was sent ({expected} of {count} messages)");
     // the hub is still fine for others
     hub.publisher.publish("t", "still here").unwrap();
     assert_eq!(text(&mut other), "still here");
+}
+
+#[test]
+fn queue_bytes_bounds_a_client_end_to_end() {
+    // A 256 KiB queue: a client that reads nothing overflows it once the
+    // kernel's buffers are full and gets 1013, while a reading client gets
+    // everything.
+    const SIZE: usize = 64 * 1024;
+    let config = Config { queue_bytes: 256 * 1024, max_message_size: SIZE, ..Config::default() };
+    let hub = Hub::start(config);
+    let mut stalled = RawWs::connect_small_window(hub.addr, "/ws?topic=t");
+    let mut reader = client(&hub, "/ws?topic=t");
+    let count = flood_count(SIZE, 256 * 1024);
+    for i in 0..count {
+        hub.publish_and_wait(&mut reader, "t", numbered(i, SIZE));
+    }
+    wait_until("the 1013 drop", || hub.publisher.stats().exited(Exit::SlowConsumer) == 1);
+    let (data, code) = stalled.read_until_close();
+    assert_eq!(code, Some(1013));
+    for (i, frame) in data.iter().enumerate() {
+        assert_eq!(number(frame), i as u32, "a gap-free prefix");
+    }
+    assert!((data.len() as u32) < count);
 }

@@ -42,6 +42,17 @@ impl Hub {
         }
     }
 
+    /// Publishes `payload` on `topic` and waits until `reader` has it, so
+    /// the hub works at the pace of a client that keeps up.
+    pub fn publish_and_wait(&self, reader: &mut Client, topic: &str, payload: Vec<u8>) {
+        let expected = payload.clone();
+        self.publisher.publish(topic, payload).unwrap();
+        match next_message(reader) {
+            tungstenite::Message::Binary(got) => assert_eq!(got[..], expected[..]),
+            other => panic!("expected binary, got {other:?}"),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
     }
@@ -133,7 +144,20 @@ pub fn upgrade_request(path: &str) -> String {
 
 impl RawWs {
     pub fn connect(addr: SocketAddr, path: &str) -> RawWs {
-        let mut stream = TcpStream::connect(addr).unwrap();
+        RawWs::upgrade(TcpStream::connect(addr).unwrap(), path)
+    }
+
+    /// A client whose socket receive buffer is set small before connecting,
+    /// so that a client that does not read stalls the hub's writes after a
+    /// few KiB, whatever the host's TCP buffer tuning.
+    pub fn connect_small_window(addr: SocketAddr, path: &str) -> RawWs {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        RawWs::upgrade(socket.into(), path)
+    }
+
+    fn upgrade(mut stream: TcpStream, path: &str) -> RawWs {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.write_all(upgrade_request(path).as_bytes()).unwrap();
         let mut ws = RawWs { stream, buf: Vec::new() };
@@ -175,6 +199,36 @@ impl RawWs {
                 return frame;
             }
             self.fill();
+        }
+    }
+
+    /// The next frame, or `None` once the connection is closed or reset.
+    pub fn try_read_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Reads frames until a close frame; returns the data frames before it
+    /// and its code.
+    pub fn read_until_close(&mut self) -> (Vec<RawFrame>, Option<u16>) {
+        let mut data = Vec::new();
+        loop {
+            let frame = self.read_frame();
+            if frame.opcode == 8 {
+                return (data, frame.close_code());
+            }
+            data.push(frame);
         }
     }
 
