@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """wshub vs the tokio hub, fan-out and memory, in one run.
 
-    python3 benches/fanout.py [--quick]
+    python3 benches/fanout.py [--quick] [--extra NAME=PATH ...] [--no-idle]
 
 Builds wshub, benches/tokio-hub and benches/loadgen in release, then runs
-each scenario against each server one after the other (alternating, repeated,
-medians reported), with the server pinned to core 0 and the load generator to
-core 1. Prints a Markdown table. Loopback only; every process it starts is
-stopped by PID. About 4 minutes (--quick: about 1).
+each scenario against each server, alternating servers within every
+repetition (so drift on a shared machine hits all alike) and reporting
+medians, with the server pinned to core 0 and the load generator to core 1.
+Prints Markdown tables. `--extra NAME=PATH` adds another wshub binary (an
+older build, a variant) to every wshub row, for before/after comparisons in
+one run. Loopback only; every process it starts is stopped by PID. About
+4.5 minutes (--quick: about 1; each --extra adds about half).
 """
 import json
 import os
@@ -22,6 +25,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 QUICK = "--quick" in sys.argv
+NO_IDLE = "--no-idle" in sys.argv
+EXTRA = [a.split("=", 1) for i, a in enumerate(sys.argv) if i > 0 and sys.argv[i - 1] == "--extra"]
 REPEAT = 1 if QUICK else 3
 DURATION = "2" if QUICK else "3"
 
@@ -81,8 +86,7 @@ def loadgen(server, args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def median_run(server, args):
-    runs = [loadgen(server, args) for _ in range(REPEAT)]
+def median_of(runs):
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     result = {k: statistics.median(r[k] for r in runs) for k in keys}
     result["lost"] = sum(r["lost"] for r in runs)
@@ -95,7 +99,13 @@ def fmt_rate(v):
     return f"{v / 1e6:.2f} M"
 
 
+WSHUB_VARIANTS = []
+
+
 def main():
+    for name, path in EXTRA:
+        SERVERS[name] = [os.path.abspath(path)] + SERVERS["wshub"][1:]
+        WSHUB_VARIANTS.append(name)
     print("building (release)...", file=sys.stderr)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "wshub", "-p", "tokio-hub", "-p", "loadgen"],
                    cwd=ROOT, check=True)
@@ -109,11 +119,14 @@ def main():
     rows = []
 
     def load_row(label, args, servers=("wshub", "tokio")):
-        results = {}
-        # alternate servers within each repetition so drift hits both alike
-        for s in servers:
-            print(f"  {label}: {s}", file=sys.stderr)
-            results[s] = median_run(s, args)
+        servers = [servers[0]] + WSHUB_VARIANTS + list(servers[1:])
+        runs = {s: [] for s in servers}
+        # alternate servers within each repetition so drift hits all alike
+        for rep in range(REPEAT):
+            for s in servers:
+                print(f"  {label}: {s} ({rep + 1}/{REPEAT})", file=sys.stderr)
+                runs[s].append(loadgen(s, args))
+        results = {s: median_of(runs[s]) for s in servers}
         base = results.get("tokio")
         for s in servers:
             r = results[s]
@@ -147,10 +160,12 @@ def main():
     for r in rows:
         print("| " + " | ".join(r) + " |")
 
+    if NO_IDLE:
+        return
     print("\n| idle connections | server | RSS before | RSS after | bytes per connection |")
     print("| --- | --- | --- | --- | --- |")
     for n in ([10000] if QUICK else [10000, 19000]):
-        for s in ("wshub", "tokio", "tokio-4k"):
+        for s in ["wshub"] + WSHUB_VARIANTS + ["tokio", "tokio-4k"]:
             print(f"  idle {n}: {s}", file=sys.stderr)
             r = loadgen(s, ["--clients", str(n), "--mode", "idle"])
             print(f"| {n} | {s} | {r['rss_before_kib'] / 1024:.1f} MiB | {r['rss_kib'] / 1024:.1f} MiB | {r['bytes_per_conn']:.0f} |")

@@ -40,6 +40,8 @@ struct Client<T> {
     blocked: bool,
     /// Its reason to end was recorded (logged and counted) already.
     ended: bool,
+    /// Listed in `Hub::interest`: `blocked` changed this turn.
+    interest_listed: bool,
 }
 
 impl<T> Client<T> {
@@ -65,6 +67,8 @@ pub struct Hub<T> {
     deferred: Vec<(ClientId, Action)>,
     /// Transports of removed clients, for the driver to deregister and drop.
     closed: Vec<(ClientId, T)>,
+    /// Clients whose wish to be told of writability changed this turn.
+    interest: Vec<ClientId>,
     shutdown_deadline: Option<Millis>,
 }
 
@@ -80,6 +84,7 @@ impl<T: Transport> Hub<T> {
             dirty: Vec::new(),
             deferred: Vec::new(),
             closed: Vec::new(),
+            interest: Vec::new(),
             shutdown_deadline: None,
         }
     }
@@ -104,6 +109,7 @@ impl<T: Transport> Hub<T> {
             subscribed: false,
             blocked: false,
             ended: false,
+            interest_listed: false,
         };
         let id = self.clients.insert(client);
         debug!("{peer}: connected");
@@ -128,9 +134,21 @@ impl<T: Transport> Hub<T> {
         self.clients.is_empty()
     }
 
-    /// The transport pushed back and waits to be writable.
+    /// The transport pushed back and waits to be writable: the one case in
+    /// which the driver needs writable events for it.
     pub fn is_blocked(&self, id: ClientId) -> bool {
         self.clients.get(id).is_some_and(|c| c.blocked)
+    }
+
+    /// Clients that became blocked or unblocked since the last call (each
+    /// once), for a driver that asks for writable events only while needed.
+    pub fn take_interest_changes(&mut self) -> std::vec::Drain<'_, ClientId> {
+        for &id in &self.interest {
+            if let Some(client) = self.clients.get_mut(id) {
+                client.interest_listed = false;
+            }
+        }
+        self.interest.drain(..)
     }
 
     /// Feeds bytes read from a connection to its state machine and acts on
@@ -171,7 +189,7 @@ impl<T: Transport> Hub<T> {
     /// The transport can take bytes again.
     pub fn writable(&mut self, id: ClientId, now: Millis) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.blocked = false;
+            set_blocked(client, id, false, &mut self.interest);
             self.write(id, now);
         }
     }
@@ -358,6 +376,7 @@ impl<T: Transport> Hub<T> {
             deferred: &mut self.deferred,
             cork: &mut self.cork,
             stats: &mut self.stats,
+            interest: &mut self.interest,
             ctx: Context { config: &self.config, now, admission: &self.admission },
         };
         (&mut self.subscriptions, fanout)
@@ -379,7 +398,7 @@ impl<T: Transport> Hub<T> {
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
-        if let Err(e) = write_client(client, &mut self.cork, now, &mut self.stats) {
+        if let Err(e) = write_client(client, id, &mut self.cork, now, &mut self.stats, &mut self.interest) {
             debug!("{}: write: {e}", client.conn.peer());
             self.remove(id, Reason::ConnectionLost(e.kind()));
         }
@@ -394,6 +413,7 @@ struct Fanout<'a, T> {
     deferred: &'a mut Vec<(ClientId, Action)>,
     cork: &'a mut Vec<u8>,
     stats: &'a mut Stats,
+    interest: &'a mut Vec<ClientId>,
     ctx: Context<'a>,
 }
 
@@ -418,7 +438,7 @@ impl<T: Transport> Fanout<'_, T> {
             conn.queued_frames() * 2 >= config.queue_messages || conn.queued_bytes() * 2 >= config.queue_bytes;
         if conn.is_open()
             && half_full
-            && let Err(e) = write_client(client, self.cork, self.ctx.now, self.stats)
+            && let Err(e) = write_client(client, id, self.cork, self.ctx.now, self.stats, self.interest)
         {
             self.deferred.push((id, Action::Drop(Reason::ConnectionLost(e.kind()))));
         }
@@ -430,9 +450,11 @@ impl<T: Transport> Fanout<'_, T> {
 /// the last bytes of a closing connection are out, shuts its writing half.
 fn write_client<T: Transport>(
     client: &mut Client<T>,
+    id: ClientId,
     cork: &mut Vec<u8>,
     now: Millis,
     stats: &mut Stats,
+    interest: &mut Vec<ClientId>,
 ) -> io::Result<()> {
     if client.blocked {
         return Ok(());
@@ -441,12 +463,25 @@ fn write_client<T: Transport>(
     stats.bytes_out += written as u64;
     // Whatever is left was refused: wait for a writable event (edge-triggered:
     // a full socket reports writable again when it drains).
-    client.blocked = client.conn.wants_write() || client.transport.has_pending_output();
+    let blocked = client.conn.wants_write() || client.transport.has_pending_output();
+    set_blocked(client, id, blocked, interest);
     if client.conn.wants_shutdown() && !client.blocked {
         client.transport.shutdown_write()?;
         client.conn.shutdown_done(now);
     }
     Ok(())
+}
+
+/// Records whether the client waits for writability, listing a change for
+/// the driver's readiness interest.
+fn set_blocked<T>(client: &mut Client<T>, id: ClientId, blocked: bool, interest: &mut Vec<ClientId>) {
+    if client.blocked != blocked {
+        client.blocked = blocked;
+        if !client.interest_listed {
+            client.interest_listed = true;
+            interest.push(id);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Reads per readiness event before other connections get a turn.
 const READS_PER_TURN: usize = 8;
+/// Ask for writable events only while a client is blocked (`true`), or keep
+/// every client registered for both directions (`false`).
+const WRITABLE_ON_DEMAND: bool = true;
 /// How long accepting pauses when the process is out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -56,6 +59,10 @@ struct EventLoop {
     scratch: Vec<u8>,
     /// Clients whose reads were cut short for fairness.
     read_again: Vec<ClientId>,
+    /// Indexed by client id: registered for writable events too.
+    registered_writable: Vec<bool>,
+    /// Scratch list of interest changes.
+    interest: Vec<ClientId>,
     started: Instant,
     now: Millis,
     accept_paused_until: Option<Millis>,
@@ -103,6 +110,8 @@ impl Server {
             hub: Hub::new(self.config),
             scratch: vec![0; SCRATCH_BYTES],
             read_again: Vec::new(),
+            registered_writable: Vec::new(),
+            interest: Vec::new(),
             started: Instant::now(),
             now: 0,
             accept_paused_until: None,
@@ -176,6 +185,7 @@ impl EventLoop {
                 next_tick = self.now + tick;
             }
             self.reap();
+            self.update_interest();
             if self.hub.shutdown_complete(self.now) {
                 if !self.hub.is_empty() {
                     info!("shutdown timeout: dropping {} connection(s) still open", self.hub.len());
@@ -199,11 +209,16 @@ impl EventLoop {
                         debug!("{addr}: TCP_NODELAY: {e}");
                     }
                     let id = self.hub.next_id();
-                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    let interest =
+                        if WRITABLE_ON_DEMAND { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
                     if let Err(e) = self.poll.registry().register(&mut stream, Token(id), interest) {
                         warn!("{addr}: cannot register connection: {e}");
                         continue;
                     }
+                    if self.registered_writable.len() <= id {
+                        self.registered_writable.resize(id + 1, false);
+                    }
+                    self.registered_writable[id] = !WRITABLE_ON_DEMAND;
                     self.hub.insert(stream, addr, self.now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -255,6 +270,32 @@ impl EventLoop {
     fn reap(&mut self) {
         for (_, mut stream) in self.hub.take_closed() {
             let _ = self.poll.registry().deregister(&mut stream);
+        }
+    }
+
+    /// Registers for writable events the clients that wait for them, and
+    /// only those: an unblocked socket would otherwise wake the loop on
+    /// every ACK that frees send-buffer space.
+    fn update_interest(&mut self) {
+        if !WRITABLE_ON_DEMAND {
+            self.hub.take_interest_changes();
+            return;
+        }
+        self.interest.extend(self.hub.take_interest_changes());
+        for id in self.interest.drain(..) {
+            let want = self.hub.is_blocked(id);
+            let Some(stream) = self.hub.transport(id) else { continue };
+            if self.registered_writable[id] == want {
+                continue;
+            }
+            let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            match self.poll.registry().reregister(stream, Token(id), interest) {
+                Ok(()) => self.registered_writable[id] = want,
+                Err(e) => {
+                    debug!("cannot change readiness interest: {e}");
+                    self.hub.lost(id, e.kind());
+                }
+            }
         }
     }
 
