@@ -1,13 +1,15 @@
 //! Who may connect: the one step that lets an upgrade or an HTTP publish in,
 //! or says which status refuses it.
 //!
-//! The connection parses the request and asks here before it answers, with
+//! Two moments: at `accept`, before a byte is read (connections per source
+//! address, pending requests), and when a request head is complete (capacity,
+//! publish credentials; origin policy and tokens belong here too). The
+//! connection parses the request and asks here before it answers, with
 //! everything the decision needs: the request's credentials (host, origin,
-//! tokens), the peer address from `accept`, and the hub's counts. Capacity
-//! and publish credentials are decided here today; origin policy, tokens and
-//! per-address limits belong here too.
+//! tokens), the peer address from `accept`, and the hub's counts.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Config;
 use crate::http::{PublishHead, Rejection, Upgrade};
@@ -17,11 +19,81 @@ use crate::http::{PublishHead, Rejection, Upgrade};
 pub struct Admission {
     /// WebSocket clients now open, against `--max-connections`.
     ws_clients: usize,
+    /// Connections that have not finished their HTTP request.
+    pending: usize,
+    /// Connections per source (an IPv4 address or an IPv6 /64).
+    per_source: Option<HashMap<Source, u32>>,
+}
+
+/// Where connections come from, for per-address limits: an IPv4 address, or
+/// the /64 of an IPv6 address (one subscriber's prefix, usually).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    V4([u8; 4]),
+    V6Prefix([u8; 8]),
+}
+
+impl Source {
+    pub fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(v4) => Source::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source::V4(v4.octets()),
+                None => {
+                    let mut prefix = [0; 8];
+                    prefix.copy_from_slice(&v6.octets()[..8]);
+                    Source::V6Prefix(prefix)
+                }
+            },
+        }
+    }
 }
 
 impl Admission {
     pub const fn new() -> Admission {
-        Admission { ws_clients: 0 }
+        Admission { ws_clients: 0, pending: 0, per_source: None }
+    }
+
+    /// May a new TCP connection from `peer` be kept? Checked at `accept`,
+    /// before anything is read: a refused one is closed at once.
+    pub fn connection(&self, config: &Config, peer: SocketAddr) -> Result<(), &'static str> {
+        if self.pending >= config.max_pending {
+            return Err("over --max-pending connections still sending their request");
+        }
+        let from_source = self.per_source.as_ref().and_then(|m| m.get(&Source::of(peer.ip())));
+        if from_source.is_some_and(|&n| n as usize >= config.max_connections_per_ip) {
+            return Err("over --max-connections-per-ip");
+        }
+        Ok(())
+    }
+
+    /// A connection from `peer` was accepted; it is pending until its
+    /// request is done.
+    pub(crate) fn connected(&mut self, peer: SocketAddr) {
+        self.pending += 1;
+        *self.per_source.get_or_insert_with(HashMap::new).entry(Source::of(peer.ip())).or_insert(0) += 1;
+    }
+
+    /// A connection finished sending its HTTP request.
+    pub(crate) fn request_done(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+    }
+
+    /// A connection from `peer` is gone.
+    pub(crate) fn disconnected(&mut self, peer: SocketAddr) {
+        if let Some(map) = self.per_source.as_mut() {
+            let source = Source::of(peer.ip());
+            if let Some(count) = map.get_mut(&source) {
+                *count -= 1;
+                if *count == 0 {
+                    map.remove(&source);
+                }
+            }
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending
     }
 
     /// May this upgrade become a WebSocket client?
@@ -120,6 +192,31 @@ mod tests {
         for wrong in [None, Some("s3cre"), Some("s3cret!"), Some("S3cret"), Some("")] {
             assert_eq!(admission.publish(&locked, &head(wrong), LOCAL.parse().unwrap()).unwrap_err().status, 401);
         }
+    }
+
+    #[test]
+    fn per_source_and_pending_limits() {
+        let config = Config { max_connections_per_ip: 2, max_pending: 3, ..Config::default() };
+        let mut admission = Admission::new();
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let a2: SocketAddr = "192.0.2.1:2".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        admission.connected(a);
+        admission.connected(a2);
+        assert!(admission.connection(&config, a).is_err(), "a third from one address");
+        assert!(admission.connection(&config, b).is_ok());
+        admission.connected(b);
+        let c: SocketAddr = "192.0.2.3:1".parse().unwrap();
+        assert!(admission.connection(&config, c).is_err(), "three pending already");
+        admission.request_done();
+        assert!(admission.connection(&config, c).is_ok(), "pending counts only requests in progress");
+        admission.disconnected(a);
+        assert!(admission.connection(&config, a).is_ok());
+        // IPv6: one /64 is one source; IPv4-mapped addresses are IPv4.
+        let v6 = |s: &str| Source::of(s.parse().unwrap());
+        assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:ffff::9"));
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(v6("::ffff:192.0.2.1"), Source::of("192.0.2.1".parse().unwrap()));
     }
 
     #[test]

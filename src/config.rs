@@ -25,6 +25,20 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub no_echo: bool,
     pub publish_token: Option<String>,
+    /// Bound on all bytes held for clients (queued frames, counted once
+    /// however many queues share them, and partly received requests and
+    /// messages); over it, the clients holding the most are dropped (1013).
+    pub max_buffered_bytes: usize,
+    /// A message (or frame) partly received must be complete by then (1008).
+    pub message_timeout: Duration,
+    /// Connections from one IPv4 address or IPv6 /64, pending included.
+    pub max_connections_per_ip: usize,
+    /// Connections that have not finished their HTTP request.
+    pub max_pending: usize,
+    /// Data messages per second a client may send (0: no limit).
+    pub rate_limit_messages: usize,
+    /// Data bytes per second a client may send (0: no limit).
+    pub rate_limit_bytes: usize,
     pub log_level: LevelFilter,
     /// Bound of the queue between [`crate::Publisher`]s and the loop.
     pub publisher_queue: usize,
@@ -40,7 +54,7 @@ impl Default for Config {
             max_message_size: 65536,
             max_connections: 10_000,
             queue_messages: 256,
-            queue_bytes: 4 * 1024 * 1024,
+            queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(54),
@@ -48,6 +62,12 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             no_echo: false,
             publish_token: None,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            message_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 128,
+            max_pending: 1024,
+            rate_limit_messages: 0,
+            rate_limit_bytes: 0,
             log_level: LevelFilter::Info,
             publisher_queue: 1024,
             handle_signals: false,
@@ -74,7 +94,21 @@ const FLAGS: &[Flag] = &[
     Flag { name: "max-message-size", value: "BYTES", help: "largest message a client may send [65536]" },
     Flag { name: "max-connections", value: "N", help: "WebSocket clients at most; more get HTTP 503 [10000]" },
     Flag { name: "queue-messages", value: "N", help: "per-client send queue bound, in messages [256]" },
-    Flag { name: "queue-bytes", value: "BYTES", help: "per-client send queue bound, in bytes [4194304]" },
+    Flag { name: "queue-bytes", value: "BYTES", help: "per-client send queue bound, in bytes [1048576]" },
+    Flag {
+        name: "max-buffered-bytes",
+        value: "BYTES",
+        help: "bound on all bytes held for clients; over it the biggest holders get 1013 [67108864]",
+    },
+    Flag { name: "message-timeout", value: "SECS", help: "a partly received message must be complete by then [10]" },
+    Flag {
+        name: "max-connections-per-ip",
+        value: "N",
+        help: "connections from one IPv4 address or IPv6 /64, pending included [128]",
+    },
+    Flag { name: "max-pending", value: "N", help: "connections still sending their HTTP request [1024]" },
+    Flag { name: "rate-limit-messages", value: "N", help: "data messages per second per client, 0 = off [0]" },
+    Flag { name: "rate-limit-bytes", value: "BYTES", help: "data bytes per second per client, 0 = off [0]" },
     Flag { name: "write-timeout", value: "SECS", help: "drop a client whose queue makes no progress this long [10]" },
     Flag { name: "handshake-timeout", value: "SECS", help: "close a connection not upgraded by then [10]" },
     Flag { name: "ping-interval", value: "SECS", help: "ping a client silent this long [54]" },
@@ -171,6 +205,12 @@ impl Config {
             "max-connections" => self.max_connections = positive(value)?,
             "queue-messages" => self.queue_messages = positive(value)?,
             "queue-bytes" => self.queue_bytes = positive(value)?,
+            "max-buffered-bytes" => self.max_buffered_bytes = positive(value)?,
+            "message-timeout" => self.message_timeout = seconds(value)?,
+            "max-connections-per-ip" => self.max_connections_per_ip = positive(value)?,
+            "max-pending" => self.max_pending = positive(value)?,
+            "rate-limit-messages" => self.rate_limit_messages = whole(value)?,
+            "rate-limit-bytes" => self.rate_limit_bytes = whole(value)?,
             "write-timeout" => self.write_timeout = seconds(value)?,
             "handshake-timeout" => self.handshake_timeout = seconds(value)?,
             "ping-interval" => self.ping_interval = seconds(value)?,
@@ -214,6 +254,10 @@ fn positive(value: &str) -> Result<usize, String> {
     }
 }
 
+fn whole(value: &str) -> Result<usize, String> {
+    value.parse::<usize>().map_err(|_| "expected a whole number (0 turns it off)".into())
+}
+
 fn seconds(value: &str) -> Result<Duration, String> {
     let secs: f64 = value.parse().map_err(|_| "expected seconds, e.g. 10 or 0.5")?;
     if !(secs > 0.0 && secs < 1e9) {
@@ -246,7 +290,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(
             (c.max_message_size, c.max_connections, c.queue_messages, c.queue_bytes),
-            (65536, 10000, 256, 4194304)
+            (65536, 10000, 256, 1048576)
         );
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert!(c.handle_signals);

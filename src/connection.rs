@@ -18,14 +18,13 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::admission::Admission;
 use crate::config::Config;
-use crate::frame::{self, Event, FrameDecoder, MessageKind, SharedFrame};
+use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, SharedFrame};
 use crate::http::{self, PublishHead, Rejection, Request};
 pub use crate::reason::Reason;
 use crate::send_queue::{QueueLimits, SendQueue};
@@ -72,8 +71,9 @@ enum Phase {
     PublishBody { topic: Topic, octet_stream: bool, body: Vec<u8>, expected: usize, since: Millis },
     /// An HTTP publish is being delivered by the hub.
     Publishing,
-    /// An open WebSocket client.
-    Open { decoder: FrameDecoder, last_heard: Millis, ping_sent: bool },
+    /// An open WebSocket client. `message_since`: when the message (or
+    /// frame) now partly received began, for `--message-timeout`.
+    Open { decoder: FrameDecoder, last_heard: Millis, ping_sent: bool, message_since: Option<Millis> },
     /// Last bytes queued. While they are written, `--write-timeout` bounds
     /// each stall (a slow reader still gets its close frame); once our
     /// writing half is shut, the peer has `CLOSE_LINGER` to send its EOF.
@@ -90,6 +90,38 @@ pub struct Connection {
     peer: SocketAddr,
     /// Our writing half is shut: nothing more will be sent.
     write_shut: bool,
+    /// The answer to the latest ping, not queued yet. RFC 6455 §5.5.3 lets
+    /// us answer only the latest, so a burst of pings costs one pong.
+    pong: Option<SharedFrame>,
+    /// Inbound rate limits (`--rate-limit-*`), when set.
+    rate: Option<RateLimit>,
+}
+
+/// Token buckets for a client's data messages and bytes: each refills at its
+/// rate per second and holds at most one second's worth (the burst). A
+/// client that goes into debt is not read until the debt is paid.
+#[derive(Debug)]
+struct RateLimit {
+    messages: f64,
+    bytes: f64,
+    refilled: Millis,
+}
+
+impl RateLimit {
+    fn refill(&mut self, config: &Config, now: Millis) {
+        let elapsed = now.saturating_sub(self.refilled) as f64 / 1000.0;
+        self.refilled = now;
+        let (per_msg, per_byte) = (config.rate_limit_messages as f64, config.rate_limit_bytes as f64);
+        self.messages = (self.messages + per_msg * elapsed).min(per_msg);
+        self.bytes = (self.bytes + per_byte * elapsed).min(per_byte);
+    }
+
+    /// When the debt (if any) is paid, at the configured rates.
+    fn resume_at(&self, config: &Config) -> Option<Millis> {
+        let wait = |tokens: f64, rate: usize| if tokens < 0.0 && rate > 0 { -tokens / rate as f64 } else { 0.0 };
+        let secs = wait(self.messages, config.rate_limit_messages).max(wait(self.bytes, config.rate_limit_bytes));
+        (secs > 0.0).then(|| self.refilled + (secs * 1000.0).ceil() as Millis)
+    }
 }
 
 fn millis(d: Duration) -> Millis {
@@ -104,7 +136,31 @@ impl Connection {
             last_progress: now,
             peer,
             write_shut: false,
+            pong: None,
+            rate: None,
         }
+    }
+
+    /// Still receiving its HTTP request (head or publish body).
+    pub fn is_requesting(&self) -> bool {
+        matches!(self.phase, Phase::Request { .. } | Phase::PublishBody { .. })
+    }
+
+    /// Bytes this connection holds of what it received and has not finished
+    /// (a request head, a publish body, a partly received message).
+    pub fn inbound_bytes(&self) -> usize {
+        match &self.phase {
+            Phase::Request { buf, .. } => buf.capacity(),
+            Phase::PublishBody { body, .. } => body.capacity(),
+            Phase::Open { decoder, .. } => decoder.buffered_bytes(),
+            Phase::Publishing | Phase::Closing { .. } => 0,
+        }
+    }
+
+    /// While the client is over its inbound rate limit: when it may be read
+    /// again.
+    pub fn throttled_until(&self, config: &Config) -> Option<Millis> {
+        self.rate.as_ref().and_then(|rate| rate.resume_at(config))
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -136,7 +192,7 @@ impl Connection {
             }
             // Bytes after the request of an HTTP exchange are not ours to read.
             Phase::Publishing | Phase::Closing { .. } => (input.len(), Action::Nothing),
-            Phase::Open { decoder, last_heard, ping_sent } => {
+            Phase::Open { decoder, last_heard, ping_sent, .. } => {
                 *last_heard = ctx.now;
                 *ping_sent = false;
                 match decoder.decode(input, ctx.config.max_message_size) {
@@ -146,11 +202,16 @@ impl Connection {
                         let action = match decoded.event {
                             None | Some(Event::Pong) => Action::Nothing,
                             Some(Event::Message(kind, payload)) => {
+                                if let Some(rate) = self.rate.as_mut() {
+                                    rate.refill(ctx.config, ctx.now);
+                                    rate.messages -= 1.0;
+                                    rate.bytes -= payload.len() as f64;
+                                }
                                 Action::Broadcast(frame::encode_message(kind, payload))
                             }
                             Some(Event::Ping(payload)) => {
-                                let pong = frame::encode_pong(payload);
-                                self.enqueue(pong, ctx)
+                                self.pong = Some(frame::encode_pong(payload));
+                                Action::Nothing
                             }
                             Some(Event::Close { code, .. }) => {
                                 // RFC 6455 §5.5.1: echo the code; an empty close gets 1000.
@@ -158,9 +219,22 @@ impl Connection {
                                 self.close(reply, "", Reason::ClientClosed(code), ctx)
                             }
                         };
+                        self.track_message(ctx.now);
                         (consumed, action)
                     }
                 }
+            }
+        }
+    }
+
+    /// Starts or stops the `--message-timeout` clock as a message (or a
+    /// frame) is left partly received or completed.
+    fn track_message(&mut self, now: Millis) {
+        if let Phase::Open { decoder, message_since, .. } = &mut self.phase {
+            if decoder.is_mid_message() {
+                message_since.get_or_insert(now);
+            } else {
+                *message_since = None;
             }
         }
     }
@@ -196,15 +270,25 @@ impl Connection {
         let action = match request {
             Request::Health { head_only } => {
                 let answer = if head_only { http::head_response } else { http::response };
-                self.send_last(Rc::from(answer(200, "text/plain", "ok\n")), ctx.now);
+                self.send_last(SharedFrame::from(answer(200, "text/plain", "ok\n")), ctx.now);
                 Action::Closing(Reason::HttpDone)
             }
             Request::Upgrade(upgrade) => match ctx.admission.upgrade(ctx.config, &upgrade, self.peer) {
                 Err(rejection) => self.reject(rejection, ctx),
                 Ok(()) => {
-                    self.push_unbounded(Rc::from(http::upgrade_response(&upgrade.accept_key)), ctx.now);
-                    self.phase =
-                        Phase::Open { decoder: FrameDecoder::default(), last_heard: ctx.now, ping_sent: false };
+                    self.push_unbounded(SharedFrame::from(http::upgrade_response(&upgrade.accept_key)), ctx.now);
+                    self.phase = Phase::Open {
+                        decoder: FrameDecoder::default(),
+                        last_heard: ctx.now,
+                        ping_sent: false,
+                        message_since: None,
+                    };
+                    if ctx.config.rate_limit_messages > 0 || ctx.config.rate_limit_bytes > 0 {
+                        let (messages, bytes) = (ctx.config.rate_limit_messages, ctx.config.rate_limit_bytes);
+                        // Off is "unlimited": a bucket that never runs dry.
+                        let full = |rate: usize| if rate == 0 { f64::INFINITY } else { rate as f64 };
+                        self.rate = Some(RateLimit { messages: full(messages), bytes: full(bytes), refilled: ctx.now });
+                    }
                     Action::Subscribe(upgrade.topics)
                 }
             },
@@ -225,7 +309,7 @@ impl Connection {
             return self.reject(Rejection::new(413, "body over --max-message-size"), ctx);
         }
         if head.expect_continue {
-            self.push_unbounded(Rc::from(http::CONTINUE_RESPONSE), ctx.now);
+            self.push_unbounded(SharedFrame::from(http::CONTINUE_RESPONSE), ctx.now);
         }
         self.phase = Phase::PublishBody {
             topic,
@@ -255,11 +339,11 @@ impl Connection {
     /// The hub delivered this connection's publish to `receivers` clients.
     pub fn published(&mut self, receivers: usize, now: Millis) {
         let body = format!("{{\"receivers\": {receivers}}}\n");
-        self.send_last(Rc::from(http::response(200, "application/json", &body)), now);
+        self.send_last(SharedFrame::from(http::response(200, "application/json", &body)), now);
     }
 
     fn reject(&mut self, rejection: Rejection, ctx: &Context) -> Action {
-        self.send_last(Rc::from(http::rejection_response(rejection)), ctx.now);
+        self.send_last(SharedFrame::from(http::rejection_response(rejection)), ctx.now);
         Action::Closing(Reason::Rejected(rejection))
     }
 
@@ -272,8 +356,20 @@ impl Connection {
 
     /// Queues bytes the protocol obliges us to send, past the queue's bounds.
     fn push_unbounded(&mut self, bytes: SharedFrame, now: Millis) {
+        self.queue_pong(now);
         self.start_write_clock(now);
         self.queue.push_unbounded(bytes);
+    }
+
+    /// The pending pong joins the queue before anything queued after its
+    /// ping, or when there is a chance to send it: past the bounds (a
+    /// control frame of at most 127 bytes), so a burst of pings is never a
+    /// slow-consumer drop.
+    fn queue_pong(&mut self, now: Millis) {
+        if let Some(pong) = self.pong.take() {
+            self.start_write_clock(now);
+            self.queue.push_unbounded(pong);
+        }
     }
 
     /// Queues the last bytes this connection sends and starts closing.
@@ -286,6 +382,9 @@ impl Connection {
     /// is full is closed as a slow consumer instead.
     pub fn enqueue(&mut self, frame: SharedFrame, ctx: &Context) -> Action {
         let limits = QueueLimits { messages: ctx.config.queue_messages, bytes: ctx.config.queue_bytes };
+        if self.pong.is_some() {
+            self.queue_pong(ctx.now);
+        }
         // An empty queue always takes a frame (both bounds are at least 1
         // and a lone frame may exceed the byte bound), so starting the clock
         // first is right whatever the push says.
@@ -305,7 +404,20 @@ impl Connection {
         // What is queued will not be read in time anyway; the close frame
         // goes right after whatever frame is half written.
         self.queue.discard_unstarted();
+        self.pong = None;
         self.close(CloseCode::Again, "slow consumer", Reason::SlowConsumer(why), ctx)
+    }
+
+    /// The hub is over its memory budget and this connection holds the
+    /// most: what is not yet sent is dropped and a WebSocket client gets
+    /// 1013; anything else is dropped.
+    pub fn overloaded(&mut self, ctx: &Context) -> Action {
+        if !self.is_open() {
+            return Action::Drop(Reason::OverBudget);
+        }
+        self.queue.discard_unstarted();
+        self.pong = None;
+        self.close(CloseCode::Again, "server overloaded", Reason::OverBudget, ctx)
     }
 
     /// Starts the closing handshake with `code` after what is already queued.
@@ -323,7 +435,7 @@ impl Connection {
 
     /// Has bytes to send and may still send them.
     pub fn wants_write(&self) -> bool {
-        !self.write_shut && !self.queue.is_empty()
+        !self.write_shut && (!self.queue.is_empty() || self.pong.is_some())
     }
 
     /// Bytes and frames waiting to be sent.
@@ -343,6 +455,7 @@ impl Connection {
         if self.write_shut {
             return Ok(0);
         }
+        self.queue_pong(now);
         let written = self.queue.write_to(out, cork)?;
         if written > 0 {
             self.last_progress = now;
@@ -379,7 +492,14 @@ impl Connection {
                 }
             }
             Phase::Publishing => {}
-            Phase::Open { last_heard, ping_sent, .. } => {
+            Phase::Open { last_heard, ping_sent, message_since, .. } => {
+                if message_since.is_some_and(|since| now >= since + millis(config.message_timeout)) {
+                    let e = ProtocolError {
+                        code: CloseCode::Policy,
+                        reason: "message not completed within --message-timeout",
+                    };
+                    return self.close(e.code, e.reason, Reason::Protocol(e), ctx);
+                }
                 let silent = now.saturating_sub(*last_heard);
                 if silent >= millis(config.idle_timeout) {
                     return Action::Drop(Reason::IdleTimeout);
@@ -413,7 +533,7 @@ impl Connection {
 mod tests {
     use super::*;
 
-    const NOBODY: Admission = Admission::new();
+    static NOBODY: Admission = Admission::new();
 
     fn ctx(config: &Config, now: Millis) -> Context<'_> {
         Context { config, now, admission: &NOBODY }

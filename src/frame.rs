@@ -21,8 +21,67 @@ use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 
 use crate::utf8::Utf8Validator;
 
-/// An encoded server frame, shared by every receiver's send queue.
-pub type SharedFrame = Rc<[u8]>;
+/// An encoded server frame (or other bytes we send), shared by every
+/// receiver's send queue: queuing it copies a pointer.
+///
+/// Its bytes count in the loop's memory budget ([`held_frame_bytes`]) from
+/// when it is made until the last queue lets go of it, so a broadcast held
+/// by a thousand queues counts once. The count is per thread: frames are
+/// `Rc`s, so they never leave the loop's thread.
+#[derive(Debug)]
+pub struct SharedFrame(Rc<[u8]>);
+
+thread_local! {
+    static HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes of frames alive on this thread (the loop's frames, queued or about
+/// to be).
+pub fn held_frame_bytes() -> usize {
+    HELD.with(|held| held.get())
+}
+
+impl SharedFrame {
+    fn new(bytes: Rc<[u8]>) -> SharedFrame {
+        HELD.with(|held| held.set(held.get() + bytes.len()));
+        SharedFrame(bytes)
+    }
+}
+
+impl From<Vec<u8>> for SharedFrame {
+    fn from(bytes: Vec<u8>) -> SharedFrame {
+        SharedFrame::new(Rc::from(bytes))
+    }
+}
+
+impl From<&[u8]> for SharedFrame {
+    fn from(bytes: &[u8]) -> SharedFrame {
+        SharedFrame::new(Rc::from(bytes))
+    }
+}
+
+impl Clone for SharedFrame {
+    fn clone(&self) -> SharedFrame {
+        SharedFrame(Rc::clone(&self.0))
+    }
+}
+
+impl Drop for SharedFrame {
+    fn drop(&mut self) {
+        // The last owner lets the bytes go.
+        if Rc::strong_count(&self.0) == 1 {
+            HELD.with(|held| held.set(held.get().saturating_sub(self.0.len())));
+        }
+    }
+}
+
+impl std::ops::Deref for SharedFrame {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// Largest frame header: 2 bytes, 8 of extended length, 4 of mask.
 const MAX_HEADER: usize = 14;
@@ -212,6 +271,11 @@ impl FrameDecoder {
         self.head_len > 0 || self.frame.is_some() || self.message.is_some()
     }
 
+    /// Heap bytes held for messages and control frames not yet complete.
+    pub fn buffered_bytes(&self) -> usize {
+        self.message_buf.capacity() + self.control_buf.capacity()
+    }
+
     /// Reads a frame header from the saved partial header plus `input` and
     /// applies the header rules. Returns the input bytes used, or `None` when
     /// the header is still incomplete (all input was saved).
@@ -370,7 +434,7 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
     // Writing a header into a slice of exactly its length cannot fail.
     let _ = header.format(len, &mut Cursor::new(head));
     body.copy_from_slice(payload);
-    frame
+    SharedFrame::new(frame)
 }
 
 /// A data frame for a complete message.

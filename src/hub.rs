@@ -21,6 +21,7 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::connection::{Action, Connection, Context, Millis, Reason};
 use crate::frame::SharedFrame;
+use crate::reason::LogLimiter;
 use crate::stats::Stats;
 use crate::subscriptions::Subscriptions;
 use crate::topic::Topic;
@@ -40,8 +41,11 @@ struct Client<T> {
     blocked: bool,
     /// Its reason to end was recorded (logged and counted) already.
     ended: bool,
-    /// Listed in `Hub::interest`: `blocked` changed this turn.
-    interest_listed: bool,
+    /// Still sending its HTTP request (counted against `--max-pending`).
+    pending: bool,
+    /// Bytes of unfinished input it held when last looked at (its share of
+    /// `Hub::inbound`).
+    inbound: usize,
 }
 
 impl<T> Client<T> {
@@ -67,9 +71,14 @@ pub struct Hub<T> {
     deferred: Vec<(ClientId, Action)>,
     /// Transports of removed clients, for the driver to deregister and drop.
     closed: Vec<(ClientId, T)>,
-    /// Clients whose wish to be told of writability changed this turn.
-    interest: Vec<ClientId>,
     shutdown_deadline: Option<Millis>,
+    /// Bytes of unfinished input held by all connections (request heads,
+    /// publish bodies, partly received messages).
+    inbound: usize,
+    /// The most held since memory was last handed back to the system.
+    peak_held: usize,
+    /// Log lines of connection endings, rate-limited per reason.
+    log_limit: LogLimiter,
 }
 
 impl<T: Transport> Hub<T> {
@@ -84,8 +93,10 @@ impl<T: Transport> Hub<T> {
             dirty: Vec::new(),
             deferred: Vec::new(),
             closed: Vec::new(),
-            interest: Vec::new(),
             shutdown_deadline: None,
+            inbound: 0,
+            peak_held: 0,
+            log_limit: LogLimiter::default(),
         }
     }
 
@@ -99,9 +110,30 @@ impl<T: Transport> Hub<T> {
         self.clients.vacant_key()
     }
 
+    /// Whether a connection just accepted from `peer` may stay (per-address
+    /// and pending limits). A refused one is counted and logged here; the
+    /// driver closes it at once.
+    pub fn admit(&mut self, peer: SocketAddr, now: Millis) -> bool {
+        match self.admission.connection(&self.config, peer) {
+            Ok(()) => true,
+            Err(why) => {
+                self.refused(peer, why, now);
+                false
+            }
+        }
+    }
+
+    /// A connection the driver could not keep (refused at `accept`, or out
+    /// of file descriptors): counted and logged like any other ending.
+    pub fn refused(&mut self, peer: SocketAddr, why: &'static str, now: Millis) {
+        self.stats.accepted += 1;
+        self.record_exit(peer, Reason::Refused(why), now);
+    }
+
     /// A new connection from `peer`, accepted at `now`.
     pub fn insert(&mut self, transport: T, peer: SocketAddr, now: Millis) -> ClientId {
         self.stats.accepted += 1;
+        self.admission.connected(peer);
         let client = Client {
             transport,
             conn: Connection::new(now, peer),
@@ -109,7 +141,8 @@ impl<T: Transport> Hub<T> {
             subscribed: false,
             blocked: false,
             ended: false,
-            interest_listed: false,
+            pending: true,
+            inbound: 0,
         };
         let id = self.clients.insert(client);
         debug!("{peer}: connected");
@@ -135,20 +168,9 @@ impl<T: Transport> Hub<T> {
     }
 
     /// The transport pushed back and waits to be writable: the one case in
-    /// which the driver needs writable events for it.
+    /// which the client needs writable events.
     pub fn is_blocked(&self, id: ClientId) -> bool {
         self.clients.get(id).is_some_and(|c| c.blocked)
-    }
-
-    /// Clients that became blocked or unblocked since the last call (each
-    /// once), for a driver that asks for writable events only while needed.
-    pub fn take_interest_changes(&mut self) -> std::vec::Drain<'_, ClientId> {
-        for &id in &self.interest {
-            if let Some(client) = self.clients.get_mut(id) {
-                client.interest_listed = false;
-            }
-        }
-        self.interest.drain(..)
     }
 
     /// Feeds bytes read from a connection to its state machine and acts on
@@ -173,23 +195,95 @@ impl<T: Transport> Hub<T> {
                 break;
             }
         }
+        self.sync(id);
         self.mark_dirty(id);
+        self.enforce_budget(now);
+    }
+
+    /// Brings the hub's books up to date with a connection's state: what it
+    /// holds of unfinished input, and whether its request is still pending.
+    fn sync(&mut self, id: ClientId) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        let inbound = client.conn.inbound_bytes();
+        self.inbound = self.inbound + inbound - client.inbound;
+        client.inbound = inbound;
+        if client.pending && !client.conn.is_requesting() {
+            client.pending = false;
+            self.admission.request_done();
+        }
+    }
+
+    /// Bytes the hub holds for clients: frames alive (each counted once,
+    /// however many queues share it) and unfinished input.
+    pub fn held_bytes(&self) -> usize {
+        crate::frame::held_frame_bytes() + self.inbound
+    }
+
+    /// Over `--max-buffered-bytes`: drops the clients holding the most (a
+    /// walk over the connections per drop, only while over the bound, which
+    /// the bound makes rare) until the hub is back under it.
+    fn enforce_budget(&mut self, now: Millis) {
+        let held = self.held_bytes();
+        self.peak_held = self.peak_held.max(held);
+        if held <= self.config.max_buffered_bytes {
+            return;
+        }
+        // Bounded work per call; the next event continues if need be.
+        for _ in 0..64 {
+            if self.held_bytes() <= self.config.max_buffered_bytes {
+                return;
+            }
+            let biggest = self
+                .clients
+                .iter()
+                .filter(|(_, c)| !c.ended)
+                .map(|(id, c)| (id, c.conn.queued_bytes() + c.inbound))
+                .max_by_key(|&(_, bytes)| bytes);
+            let Some((id, bytes)) = biggest else { return };
+            if bytes == 0 {
+                return;
+            }
+            let Hub { clients, config, admission, .. } = self;
+            let ctx = Context { config, now, admission };
+            let action = clients[id].conn.overloaded(&ctx);
+            self.apply(id, action, now);
+            self.sync(id);
+            self.mark_dirty(id);
+        }
+    }
+
+    /// True once after a burst of memory use has passed (the hub held over
+    /// 4 MiB, and now holds under a quarter of that peak): a good moment to
+    /// give freed memory back to the system.
+    pub fn take_trim_hint(&mut self) -> bool {
+        let held = self.held_bytes();
+        if self.peak_held > 4 << 20 && held < self.peak_held / 4 {
+            self.peak_held = held;
+            return true;
+        }
+        false
+    }
+
+    /// While a client is over its inbound rate limit: when the driver may
+    /// read it again.
+    pub fn throttled_until(&self, id: ClientId) -> Option<Millis> {
+        self.clients.get(id).and_then(|c| c.conn.throttled_until(&self.config))
     }
 
     /// The peer closed its sending side (EOF).
-    pub fn peer_closed(&mut self, id: ClientId) {
-        self.remove(id, Reason::ConnectionLost(io::ErrorKind::UnexpectedEof));
+    pub fn peer_closed(&mut self, id: ClientId, now: Millis) {
+        self.remove(id, Reason::ConnectionLost(io::ErrorKind::UnexpectedEof), now);
     }
 
     /// Reading or writing the connection failed.
-    pub fn lost(&mut self, id: ClientId, kind: io::ErrorKind) {
-        self.remove(id, Reason::ConnectionLost(kind));
+    pub fn lost(&mut self, id: ClientId, kind: io::ErrorKind, now: Millis) {
+        self.remove(id, Reason::ConnectionLost(kind), now);
     }
 
     /// The transport can take bytes again.
     pub fn writable(&mut self, id: ClientId, now: Millis) {
         if let Some(client) = self.clients.get_mut(id) {
-            set_blocked(client, id, false, &mut self.interest);
+            client.blocked = false;
             self.write(id, now);
         }
     }
@@ -200,7 +294,9 @@ impl<T: Transport> Hub<T> {
         self.stats.published += 1;
         let (subscriptions, mut fanout) = self.fanout(now);
         let receivers = subscriptions.for_each_subscriber(topic, |id| fanout.deliver(id, &frame));
+        drop(frame);
         self.apply_deferred(now);
+        self.enforce_budget(now);
         receivers
     }
 
@@ -233,6 +329,7 @@ impl<T: Transport> Hub<T> {
             client.mark_dirty(id, dirty);
         }
         self.apply_deferred(now);
+        self.enforce_budget(now);
     }
 
     /// Starts a graceful shutdown: open clients get what is queued for them,
@@ -290,6 +387,7 @@ impl<T: Transport> Hub<T> {
             stats.queued_bytes += client.conn.queued_bytes() as u64;
         }
         stats.topics = self.subscriptions.topic_count() as u64;
+        stats.held_bytes = self.held_bytes() as u64;
         stats
     }
 
@@ -318,27 +416,28 @@ impl<T: Transport> Hub<T> {
                 self.mark_dirty(id);
             }
             Action::Closing(reason) => {
-                self.end(id, reason);
+                self.end(id, reason, now);
+                self.sync(id);
                 self.mark_dirty(id);
             }
-            Action::Drop(reason) => self.remove(id, reason),
+            Action::Drop(reason) => self.remove(id, reason, now),
         }
     }
 
     /// Records why a connection ends (once: one log line, one count) and
     /// takes it out of the hub's fan-out; its last bytes may still be sent.
-    fn end(&mut self, id: ClientId, reason: Reason) {
+    fn end(&mut self, id: ClientId, reason: Reason, now: Millis) {
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
         if !client.ended {
             client.ended = true;
-            self.stats.count_exit(reason.exit());
-            if let Reason::Rejected(rejection) = reason {
-                self.stats.count_rejection(rejection.status);
-            }
-            log::log!(reason.level(), "{}: {reason}", client.conn.peer());
+            let peer = client.conn.peer();
+            self.record_exit(peer, reason, now);
         }
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
+        };
         if client.subscribed {
             client.subscribed = false;
             self.admission.left();
@@ -346,11 +445,35 @@ impl<T: Transport> Hub<T> {
         }
     }
 
+    /// Counts an ending and logs it (rate-limited per reason).
+    fn record_exit(&mut self, peer: SocketAddr, reason: Reason, now: Millis) {
+        let exit = reason.exit();
+        self.stats.count_exit(exit);
+        if let Reason::Rejected(rejection) = reason {
+            self.stats.count_rejection(rejection.status);
+        }
+        let level = reason.level();
+        if log::log_enabled!(level)
+            && let Some(suppressed) = self.log_limit.admit(exit, now)
+        {
+            if suppressed > 0 {
+                log::log!(level, "{peer}: {reason} ({suppressed} more like it were not logged)");
+            } else {
+                log::log!(level, "{peer}: {reason}");
+            }
+        }
+    }
+
     /// The exit path: ends the connection for `reason` (unless it already
     /// ended for another) and frees it.
-    pub fn remove(&mut self, id: ClientId, reason: Reason) {
-        self.end(id, reason);
+    pub fn remove(&mut self, id: ClientId, reason: Reason, now: Millis) {
+        self.end(id, reason, now);
         if let Some(client) = self.clients.try_remove(id) {
+            self.inbound -= client.inbound;
+            if client.pending {
+                self.admission.request_done();
+            }
+            self.admission.disconnected(client.conn.peer());
             self.closed.push((id, client.transport));
         }
     }
@@ -364,6 +487,7 @@ impl<T: Transport> Hub<T> {
                 fanout.deliver(id, &frame);
             }
         });
+        drop(frame);
         self.apply_deferred(now);
     }
 
@@ -376,7 +500,6 @@ impl<T: Transport> Hub<T> {
             deferred: &mut self.deferred,
             cork: &mut self.cork,
             stats: &mut self.stats,
-            interest: &mut self.interest,
             ctx: Context { config: &self.config, now, admission: &self.admission },
         };
         (&mut self.subscriptions, fanout)
@@ -398,9 +521,9 @@ impl<T: Transport> Hub<T> {
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
-        if let Err(e) = write_client(client, id, &mut self.cork, now, &mut self.stats, &mut self.interest) {
+        if let Err(e) = write_client(client, &mut self.cork, now, &mut self.stats) {
             debug!("{}: write: {e}", client.conn.peer());
-            self.remove(id, Reason::ConnectionLost(e.kind()));
+            self.remove(id, Reason::ConnectionLost(e.kind()), now);
         }
     }
 }
@@ -413,7 +536,6 @@ struct Fanout<'a, T> {
     deferred: &'a mut Vec<(ClientId, Action)>,
     cork: &'a mut Vec<u8>,
     stats: &'a mut Stats,
-    interest: &'a mut Vec<ClientId>,
     ctx: Context<'a>,
 }
 
@@ -438,7 +560,7 @@ impl<T: Transport> Fanout<'_, T> {
             conn.queued_frames() * 2 >= config.queue_messages || conn.queued_bytes() * 2 >= config.queue_bytes;
         if conn.is_open()
             && half_full
-            && let Err(e) = write_client(client, id, self.cork, self.ctx.now, self.stats, self.interest)
+            && let Err(e) = write_client(client, self.cork, self.ctx.now, self.stats)
         {
             self.deferred.push((id, Action::Drop(Reason::ConnectionLost(e.kind()))));
         }
@@ -450,11 +572,9 @@ impl<T: Transport> Fanout<'_, T> {
 /// the last bytes of a closing connection are out, shuts its writing half.
 fn write_client<T: Transport>(
     client: &mut Client<T>,
-    id: ClientId,
     cork: &mut Vec<u8>,
     now: Millis,
     stats: &mut Stats,
-    interest: &mut Vec<ClientId>,
 ) -> io::Result<()> {
     if client.blocked {
         return Ok(());
@@ -463,25 +583,12 @@ fn write_client<T: Transport>(
     stats.bytes_out += written as u64;
     // Whatever is left was refused: wait for a writable event (edge-triggered:
     // a full socket reports writable again when it drains).
-    let blocked = client.conn.wants_write() || client.transport.has_pending_output();
-    set_blocked(client, id, blocked, interest);
+    client.blocked = client.conn.wants_write() || client.transport.has_pending_output();
     if client.conn.wants_shutdown() && !client.blocked {
         client.transport.shutdown_write()?;
         client.conn.shutdown_done(now);
     }
     Ok(())
-}
-
-/// Records whether the client waits for writability, listing a change for
-/// the driver's readiness interest.
-fn set_blocked<T>(client: &mut Client<T>, id: ClientId, blocked: bool, interest: &mut Vec<ClientId>) {
-    if client.blocked != blocked {
-        client.blocked = blocked;
-        if !client.interest_listed {
-            client.interest_listed = true;
-            interest.push(id);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -573,7 +680,7 @@ mod tests {
         assert_eq!(hub.stats().rejected_with(503), 1);
         // An HTTP request that is not an upgrade does not count.
         assert_eq!(hub.stats().open, 2);
-        hub.peer_closed(first);
+        hub.peer_closed(first, 0);
         join(&mut hub, "/ws", &MemoryTransport::new(), 0);
         assert_eq!(hub.stats().open, 2);
         assert_eq!(hub.stats().exited(Exit::ConnectionLost), 1);
@@ -617,7 +724,7 @@ mod tests {
         assert!(hub.contains(id), "lingers for the peer's EOF");
         assert_eq!(hub.stats().closing, 1);
         // The peer's EOF ends it without a second count.
-        hub.peer_closed(id);
+        hub.peer_closed(id, 0);
         assert!(!hub.contains(id));
         assert_eq!(hub.take_closed().count(), 1, "the transport goes back to the driver");
         assert_eq!(hub.stats().exited(Exit::ClientClosed), 1);
@@ -705,7 +812,7 @@ mod tests {
         assert!(hub.shutdown_complete(5_100), "the deadline ends it whoever is left");
         let ids: Vec<ClientId> = (0..10).filter(|&i| hub.contains(i)).collect();
         for id in ids {
-            hub.peer_closed(id);
+            hub.peer_closed(id, 0);
         }
         assert!(hub.shutdown_complete(3_001), "everyone gone ends it early");
     }
@@ -735,8 +842,8 @@ mod tests {
         assert_eq!(close_code(&frames(&t.take_sent())[0]), 1002);
         assert_eq!(hub.stats().topics, 0, "unsubscribed as soon as it ends");
         assert_eq!(hub.stats().open, 0);
-        hub.lost(id, io::ErrorKind::ConnectionReset);
-        hub.lost(id, io::ErrorKind::ConnectionReset);
+        hub.lost(id, io::ErrorKind::ConnectionReset, 0);
+        hub.lost(id, io::ErrorKind::ConnectionReset, 0);
         let stats = hub.stats();
         assert_eq!(stats.exited(Exit::ProtocolError), 1);
         assert_eq!(stats.exited(Exit::ConnectionLost), 0);

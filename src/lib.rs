@@ -17,6 +17,7 @@ mod connection;
 mod frame;
 mod http;
 mod hub;
+mod logger;
 mod publisher;
 mod reason;
 mod send_queue;
@@ -28,6 +29,7 @@ mod transport;
 mod utf8;
 
 pub use config::{Command, Config, usage};
+pub use logger::{dropped_log_lines, init as init_logger};
 pub use publisher::{Message, PublishError, Publisher};
 pub use reason::Exit;
 pub use server::Server;

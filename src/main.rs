@@ -21,7 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = simple_logger::SimpleLogger::new().with_level(config.log_level).with_utc_timestamps().init() {
+    // Under systemd, journald timestamps every line itself.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    if let Err(e) = wshub::init_logger(config.log_level, journal) {
         eprintln!("wshub: cannot start logging: {e}");
         return ExitCode::FAILURE;
     }

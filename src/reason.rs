@@ -30,6 +30,12 @@ pub enum Reason {
     ShuttingDown,
     /// EOF or a socket error before the connection ended in order.
     ConnectionLost(io::ErrorKind),
+    /// The hub held more than `--max-buffered-bytes` and this connection
+    /// held the most: closed with 1013.
+    OverBudget,
+    /// Refused at `accept`: over `--max-connections-per-ip` or
+    /// `--max-pending`, or out of file descriptors; closed at once.
+    Refused(&'static str),
 }
 
 /// The counter a reason lands in: a small, fixed set of labels (the metrics
@@ -50,10 +56,12 @@ pub enum Exit {
     LingerTimeout,
     ShuttingDown,
     ConnectionLost,
+    OverBudget,
+    Refused,
 }
 
 impl Exit {
-    pub const ALL: [Exit; 13] = [
+    pub const ALL: [Exit; 15] = [
         Exit::Rejected,
         Exit::HttpDone,
         Exit::ClientClosed,
@@ -67,6 +75,8 @@ impl Exit {
         Exit::LingerTimeout,
         Exit::ShuttingDown,
         Exit::ConnectionLost,
+        Exit::OverBudget,
+        Exit::Refused,
     ];
 
     pub fn label(self) -> &'static str {
@@ -84,6 +94,8 @@ impl Exit {
             Exit::LingerTimeout => "close_timeout",
             Exit::ShuttingDown => "shutdown",
             Exit::ConnectionLost => "connection_lost",
+            Exit::OverBudget => "memory_budget",
+            Exit::Refused => "refused",
         }
     }
 }
@@ -94,10 +106,12 @@ impl Reason {
     /// endings are `debug`.
     pub fn level(&self) -> log::Level {
         match self {
-            Reason::SlowConsumer(_) => log::Level::Warn,
-            Reason::Rejected(_) | Reason::Protocol(_) | Reason::HandshakeTimeout | Reason::IdleTimeout => {
-                log::Level::Info
-            }
+            Reason::SlowConsumer(_) | Reason::OverBudget => log::Level::Warn,
+            Reason::Rejected(_)
+            | Reason::Protocol(_)
+            | Reason::HandshakeTimeout
+            | Reason::IdleTimeout
+            | Reason::Refused(_) => log::Level::Info,
             Reason::ClientClosed(_)
             | Reason::HttpDone
             | Reason::LingerTimeout
@@ -123,6 +137,8 @@ impl Reason {
             Reason::LingerTimeout => Exit::LingerTimeout,
             Reason::ShuttingDown => Exit::ShuttingDown,
             Reason::ConnectionLost(_) => Exit::ConnectionLost,
+            Reason::OverBudget => Exit::OverBudget,
+            Reason::Refused(_) => Exit::Refused,
         }
     }
 }
@@ -143,6 +159,56 @@ impl fmt::Display for Reason {
             Reason::ShuttingDown => f.write_str("closing for shutdown"),
             Reason::ConnectionLost(io::ErrorKind::UnexpectedEof) => f.write_str("peer went away"),
             Reason::ConnectionLost(kind) => write!(f, "connection lost ({kind})"),
+            Reason::OverBudget => {
+                f.write_str("dropping with 1013: the hub is over --max-buffered-bytes and this client holds the most")
+            }
+            Reason::Refused(why) => write!(f, "refused: {why}"),
         }
+    }
+}
+
+/// Log lines per reason per second; the rest are counted and the count is
+/// reported on the next line of that reason. A peer can trigger these lines,
+/// so it must not be able to flood the log (or stall the loop on it).
+const LINES_PER_SECOND: u32 = 20;
+
+/// Rate limits log lines per [`Exit`] reason, one-second windows.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    window_start: [u64; Exit::ALL.len()],
+    lines: [u32; Exit::ALL.len()],
+    suppressed: [u64; Exit::ALL.len()],
+}
+
+impl LogLimiter {
+    /// `None`: do not log this one (it is counted). `Some(n)`: log it, after
+    /// `n` lines of the same reason were suppressed.
+    pub fn admit(&mut self, exit: Exit, now_ms: u64) -> Option<u64> {
+        let i = exit as usize;
+        if now_ms >= self.window_start[i] + 1000 {
+            self.window_start[i] = now_ms;
+            self.lines[i] = 0;
+        }
+        if self.lines[i] >= LINES_PER_SECOND {
+            self.suppressed[i] += 1;
+            return None;
+        }
+        self.lines[i] += 1;
+        Some(std::mem::take(&mut self.suppressed[i]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_limited_per_reason_per_second() {
+        let mut limiter = LogLimiter::default();
+        let logged = (0..100).filter(|_| limiter.admit(Exit::Rejected, 5_000).is_some()).count();
+        assert_eq!(logged, LINES_PER_SECOND as usize);
+        assert_eq!(limiter.admit(Exit::IdleTimeout, 5_000), Some(0), "other reasons have their own budget");
+        assert_eq!(limiter.admit(Exit::Rejected, 5_999), None);
+        assert_eq!(limiter.admit(Exit::Rejected, 6_000), Some(81), "the next window reports what was suppressed");
     }
 }

@@ -40,6 +40,10 @@ pub struct Stats {
     pub queued_bytes: u64,
     /// Topics with at least one subscriber (gauge).
     pub topics: u64,
+    /// Bytes held for clients, as `--max-buffered-bytes` counts them: frames
+    /// alive (once each, however many queues share them) and unfinished
+    /// input (gauge).
+    pub held_bytes: u64,
 }
 
 impl Stats {

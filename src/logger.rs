@@ -1,0 +1,192 @@
+//! The binary's logger: one line per event on stderr that never blocks the
+//! loop and never ends the process.
+//!
+//! `eprintln!` (and loggers built on it) blocks the loop thread when stderr
+//! is a pipe nobody reads, and panics when the pipe is closed (with
+//! `panic = "abort"`, that ends the hub). Here stderr gets a non-blocking
+//! writer of its own: a pipe is reopened through `/proc/self/fd/2`, which
+//! gives this process its own open file description, so `O_NONBLOCK` on it
+//! does not change the pipe for anyone else sharing it; a socket (journald's
+//! stream) is set non-blocking. Terminals and files are written as they are
+//! (they do not stay full). A line that does not fit is dropped and counted;
+//! the count is reported on the next line that fits. Write errors (a closed
+//! pipe) are ignored.
+//!
+//! Under systemd (`JOURNAL_STREAM` set) lines carry no timestamp: journald
+//! adds its own.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+/// Longest line written; longer ones are cut (a pipe write of at most
+/// `PIPE_BUF`, 4096 bytes, is atomic: all of it or nothing).
+const MAX_LINE: usize = 4000;
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped because stderr was full, since start.
+pub fn dropped_log_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+enum Sink {
+    /// A non-blocking file description of our own (pipe) or a file/terminal.
+    File(File),
+    /// A stream socket set non-blocking.
+    Socket(UnixStream),
+}
+
+impl Sink {
+    fn open() -> io::Result<Sink> {
+        let stderr = io::stderr().as_fd().try_clone_to_owned()?;
+        let file = File::from(stderr);
+        let kind = file.metadata()?.file_type();
+        if kind.is_fifo() {
+            // A description of our own: O_NONBLOCK here is ours alone.
+            match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open("/proc/self/fd/2") {
+                Ok(own) => return Ok(Sink::File(own)),
+                Err(_) => return Ok(Sink::File(file)),
+            }
+        }
+        if kind.is_socket() {
+            let socket = UnixStream::from(std::os::fd::OwnedFd::from(file));
+            socket.set_nonblocking(true)?;
+            return Ok(Sink::Socket(socket));
+        }
+        Ok(Sink::File(file))
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> bool {
+        let result = match self {
+            Sink::File(f) => f.write(line),
+            Sink::Socket(s) => s.write(line),
+        };
+        matches!(result, Ok(n) if n == line.len())
+    }
+}
+
+struct Logger {
+    level: LevelFilter,
+    timestamps: bool,
+    /// The sink and a line buffer reused for every line.
+    out: Mutex<(Option<Sink>, Vec<u8>)>,
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let mut guard = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (sink, line) = &mut *guard;
+        let Some(sink) = sink.as_mut() else { return };
+        let dropped = DROPPED.load(Ordering::Relaxed);
+        if dropped > 0 {
+            line.clear();
+            self.prefix(line, log::Level::Warn, "wshub::logger");
+            let _ = write!(line, "{dropped} log line(s) dropped: stderr was not being read");
+            line.push(b'\n');
+            if sink.write_line(line) {
+                DROPPED.fetch_sub(dropped, Ordering::Relaxed);
+            } else {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        line.clear();
+        self.prefix(line, record.level(), record.target());
+        let _ = write!(line, "{}", record.args());
+        if line.len() > MAX_LINE {
+            line.truncate(MAX_LINE);
+            line.extend_from_slice(" [cut]".as_bytes());
+        }
+        line.push(b'\n');
+        if !sink.write_line(line) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+impl Logger {
+    fn prefix(&self, line: &mut Vec<u8>, level: log::Level, target: &str) {
+        if self.timestamps {
+            write_utc_timestamp(line, SystemTime::now());
+            line.push(b' ');
+        }
+        let _ = write!(line, "{level:<5} [{target}] ");
+    }
+}
+
+/// Installs the logger for the `wshub` binary (an application embedding the
+/// library keeps its own `log` backend). `journal`: no timestamps.
+pub fn init(level: LevelFilter, journal: bool) -> Result<(), log::SetLoggerError> {
+    let sink = Sink::open().ok();
+    let logger = Logger { level, timestamps: !journal, out: Mutex::new((sink, Vec::with_capacity(256))) };
+    // The logger lives as long as the process (`log` requires it).
+    log::set_logger(Box::leak(Box::new(logger)))?;
+    log::set_max_level(level);
+    Ok(())
+}
+
+/// `2026-11-25T23:40:01.123Z`, from the Unix time (no date crate for this).
+fn write_utc_timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_millis()
+    );
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
+/// `civil_from_days` algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_iso_8601() {
+        let mut out = Vec::new();
+        write_utc_timestamp(&mut out, UNIX_EPOCH);
+        assert_eq!(out, b"1970-01-01T00:00:00.000Z");
+        out.clear();
+        // 2024-02-29T12:34:56.789Z: a leap day
+        write_utc_timestamp(&mut out, UNIX_EPOCH + Duration::from_millis(1_709_210_096_789));
+        assert_eq!(String::from_utf8(out).unwrap(), "2024-02-29T12:34:56.789Z");
+        assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+    }
+}
