@@ -33,6 +33,11 @@ use crate::topic::Topic;
 /// Milliseconds since the server started: the loop's coarse clock.
 pub type Millis = u64;
 
+/// Pongs queued (unsent) before further pings are answered only for the
+/// latest: Autobahn expects each of 10 pings in a row answered; an attacker's
+/// thousands must not fill the queue.
+const MAX_QUEUED_PONGS: u8 = 16;
+
 /// How long a closing connection waits for the peer to close its side.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -90,9 +95,13 @@ pub struct Connection {
     peer: SocketAddr,
     /// Our writing half is shut: nothing more will be sent.
     write_shut: bool,
-    /// The answer to the latest ping, not queued yet. RFC 6455 §5.5.3 lets
-    /// us answer only the latest, so a burst of pings costs one pong.
+    /// The answer to the latest ping, not queued yet. Earlier pings' pongs
+    /// are queued, up to `MAX_QUEUED_PONGS` unsent; past that, RFC 6455
+    /// §5.5.3 lets us answer only the latest, so a burst of pings costs a
+    /// bounded number of pongs.
     pong: Option<SharedFrame>,
+    /// Pongs in the queue since it was last empty.
+    pongs_queued: u8,
     /// Inbound rate limits (`--rate-limit-*`), when set.
     rate: Option<RateLimit>,
 }
@@ -137,6 +146,7 @@ impl Connection {
             peer,
             write_shut: false,
             pong: None,
+            pongs_queued: 0,
             rate: None,
         }
     }
@@ -210,7 +220,12 @@ impl Connection {
                                 Action::Broadcast(frame::encode_message(kind, payload))
                             }
                             Some(Event::Ping(payload)) => {
-                                self.pong = Some(frame::encode_pong(payload));
+                                let pong = frame::encode_pong(payload);
+                                if self.pongs_queued < MAX_QUEUED_PONGS {
+                                    // Every ping of a short burst gets its own pong.
+                                    self.queue_pong(ctx.now);
+                                }
+                                self.pong = Some(pong);
                                 Action::Nothing
                             }
                             Some(Event::Close { code, .. }) => {
@@ -369,6 +384,7 @@ impl Connection {
         if let Some(pong) = self.pong.take() {
             self.start_write_clock(now);
             self.queue.push_unbounded(pong);
+            self.pongs_queued = self.pongs_queued.saturating_add(1);
         }
     }
 
@@ -457,6 +473,9 @@ impl Connection {
         }
         self.queue_pong(now);
         let written = self.queue.write_to(out, cork)?;
+        if self.queue.is_empty() {
+            self.pongs_queued = 0;
+        }
         if written > 0 {
             self.last_progress = now;
         }

@@ -2,9 +2,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -111,71 +111,6 @@ fn publisher_shutdown_flushes_queues_then_closes_1001() {
     assert_eq!(raw.expect_close(), Some(1001));
     assert!(stopper.join().unwrap().is_ok(), "run() returns Ok after shutdown");
     assert_eq!(publisher.publish("t", "late"), Err(PublishError::Closed));
-}
-
-/// The `wshub` binary on an ephemeral port; killed if a test fails.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    log: BufReader<std::process::ChildStderr>,
-}
-
-impl Binary {
-    fn start(args: &[&str]) -> Binary {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
-        command.args(["--listen", "127.0.0.1:0"]).args(args);
-        Binary::spawn(command)
-    }
-
-    /// Starts wshub allowed at most `files` open file descriptors.
-    fn start_with_fd_limit(files: u32) -> Binary {
-        let mut command = Command::new("bash");
-        command.args([
-            "-c",
-            &format!("ulimit -n {files} && exec \"$0\" --listen 127.0.0.1:0"),
-            env!("CARGO_BIN_EXE_wshub"),
-        ]);
-        Binary::spawn(command)
-    }
-
-    fn spawn(mut command: Command) -> Binary {
-        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-        let mut log = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            assert!(log.read_line(&mut line).unwrap() > 0, "wshub exited before listening");
-            if let Some(rest) = line.split("listening on ws://").nth(1) {
-                break rest.trim().trim_end_matches("/ws").parse().unwrap();
-            }
-        };
-        Binary { child, addr, log }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "wshub did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn http_publish(addr: SocketAddr, topic: &str, body: &[u8]) -> String {

@@ -2,8 +2,9 @@
 //! a raw WebSocket client that can send any bytes, and a deadline-bound wait.
 #![allow(dead_code)]
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -219,6 +220,25 @@ impl RawWs {
         }
     }
 
+    /// The next frame: `Ok(None)` once the connection is closed, `Err(())`
+    /// if nothing came within the read timeout.
+    pub fn try_read_frame_timeout(&mut self) -> Result<Option<RawFrame>, ()> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Ok(Some(frame));
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Err(()),
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
     /// Reads frames until a close frame; returns the data frames before it
     /// and its code.
     pub fn read_until_close(&mut self) -> (Vec<RawFrame>, Option<u16>) {
@@ -290,4 +310,92 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
     panic!("timed out waiting for {what}");
+}
+
+/// The `wshub` binary on an ephemeral port; killed if a test fails.
+pub struct Binary {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: BufReader<std::process::ChildStderr>,
+}
+
+impl Binary {
+    pub fn start(args: &[&str]) -> Binary {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        Binary::spawn(command)
+    }
+
+    /// Starts wshub allowed at most `files` open file descriptors.
+    pub fn start_with_fd_limit(files: u32) -> Binary {
+        let mut command = Command::new("bash");
+        command.args([
+            "-c",
+            &format!("ulimit -n {files} && exec \"$0\" --listen 127.0.0.1:0"),
+            env!("CARGO_BIN_EXE_wshub"),
+        ]);
+        Binary::spawn(command)
+    }
+
+    pub fn spawn(mut command: Command) -> Binary {
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        let mut log = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(log.read_line(&mut line).unwrap() > 0, "wshub exited before listening");
+            if let Some(rest) = line.split("listening on ws://").nth(1) {
+                break rest.trim().trim_end_matches("/ws").parse().unwrap();
+            }
+        };
+        Binary { child, addr, log }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Resident memory of the process, from `/proc/PID/status`.
+    pub fn rss_bytes(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: usize = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib * 1024
+    }
+
+    /// Reads log lines until one contains `needle`.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(self.log.read_line(&mut line).unwrap() > 0, "wshub exited before logging {needle:?}");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "wshub did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
