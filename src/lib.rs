@@ -43,7 +43,9 @@ pub mod testing {
     pub use crate::admission::Admission;
     pub use crate::connection::{Action, Connection, Context, Millis, Reason};
     pub use crate::frame::{FrameDecoder, MessageKind, SharedFrame, encode_client, encode_message};
-    pub use crate::http::{Request, parse_request};
+    pub use crate::http::{
+        Request, head_complete as http_head_complete, parse_request, plausible_start as http_plausible_start,
+    };
     pub use crate::hub::{ClientId, Hub};
     pub use crate::memory_transport::MemoryTransport;
     pub use crate::send_queue::CORK_BYTES;
