@@ -38,6 +38,9 @@ pub type Millis = u64;
 /// thousands must not fill the queue.
 const MAX_QUEUED_PONGS: u8 = 16;
 
+/// "No time": no message is partly received.
+const NEVER: Millis = Millis::MAX;
+
 /// How long a closing connection waits for the peer to close its side.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
@@ -77,8 +80,9 @@ enum Phase {
     /// An HTTP publish is being delivered by the hub.
     Publishing,
     /// An open WebSocket client. `message_since`: when the message (or
-    /// frame) now partly received began, for `--message-timeout`.
-    Open { decoder: FrameDecoder, last_heard: Millis, ping_sent: bool, message_since: Option<Millis> },
+    /// frame) now partly received began, for `--message-timeout` (`NEVER`
+    /// when none is: a sentinel, to keep an idle connection small).
+    Open { decoder: FrameDecoder, last_heard: Millis, ping_sent: bool, message_since: Millis },
     /// Last bytes queued. While they are written, `--write-timeout` bounds
     /// each stall (a slow reader still gets its close frame); once our
     /// writing half is shut, the peer has `CLOSE_LINGER` to send its EOF.
@@ -102,8 +106,9 @@ pub struct Connection {
     pong: Option<SharedFrame>,
     /// Pongs in the queue since it was last empty.
     pongs_queued: u8,
-    /// Inbound rate limits (`--rate-limit-*`), when set.
-    rate: Option<RateLimit>,
+    /// Inbound rate limits (`--rate-limit-*`), when set (boxed: most hubs
+    /// run without, and an idle connection should not pay for it).
+    rate: Option<Box<RateLimit>>,
 }
 
 /// Token buckets for a client's data messages and bytes: each refills at its
@@ -246,10 +251,10 @@ impl Connection {
     /// frame) is left partly received or completed.
     fn track_message(&mut self, now: Millis) {
         if let Phase::Open { decoder, message_since, .. } = &mut self.phase {
-            if decoder.is_mid_message() {
-                message_since.get_or_insert(now);
-            } else {
-                *message_since = None;
+            if !decoder.is_mid_message() {
+                *message_since = NEVER;
+            } else if *message_since == NEVER {
+                *message_since = now;
             }
         }
     }
@@ -296,13 +301,14 @@ impl Connection {
                         decoder: FrameDecoder::default(),
                         last_heard: ctx.now,
                         ping_sent: false,
-                        message_since: None,
+                        message_since: NEVER,
                     };
                     if ctx.config.rate_limit_messages > 0 || ctx.config.rate_limit_bytes > 0 {
                         let (messages, bytes) = (ctx.config.rate_limit_messages, ctx.config.rate_limit_bytes);
                         // Off is "unlimited": a bucket that never runs dry.
                         let full = |rate: usize| if rate == 0 { f64::INFINITY } else { rate as f64 };
-                        self.rate = Some(RateLimit { messages: full(messages), bytes: full(bytes), refilled: ctx.now });
+                        let bucket = RateLimit { messages: full(messages), bytes: full(bytes), refilled: ctx.now };
+                        self.rate = Some(Box::new(bucket));
                     }
                     Action::Subscribe(upgrade.topics)
                 }
@@ -512,7 +518,7 @@ impl Connection {
             }
             Phase::Publishing => {}
             Phase::Open { last_heard, ping_sent, message_since, .. } => {
-                if message_since.is_some_and(|since| now >= since + millis(config.message_timeout)) {
+                if *message_since != NEVER && now >= message_since.saturating_add(millis(config.message_timeout)) {
                     let e = ProtocolError {
                         code: CloseCode::Policy,
                         reason: "message not completed within --message-timeout",

@@ -44,8 +44,8 @@ struct Client<T> {
     /// Still sending its HTTP request (counted against `--max-pending`).
     pending: bool,
     /// Bytes of unfinished input it held when last looked at (its share of
-    /// `Hub::inbound`).
-    inbound: usize,
+    /// `Hub::inbound`; a request head or message is far below 4 GiB).
+    inbound: u32,
 }
 
 impl<T> Client<T> {
@@ -204,8 +204,8 @@ impl<T: Transport> Hub<T> {
     /// holds of unfinished input, and whether its request is still pending.
     fn sync(&mut self, id: ClientId) {
         let Some(client) = self.clients.get_mut(id) else { return };
-        let inbound = client.conn.inbound_bytes();
-        self.inbound = self.inbound + inbound - client.inbound;
+        let inbound = u32::try_from(client.conn.inbound_bytes()).unwrap_or(u32::MAX);
+        self.inbound = self.inbound + inbound as usize - client.inbound as usize;
         client.inbound = inbound;
         if client.pending && !client.conn.is_requesting() {
             client.pending = false;
@@ -237,7 +237,7 @@ impl<T: Transport> Hub<T> {
                 .clients
                 .iter()
                 .filter(|(_, c)| !c.ended)
-                .map(|(id, c)| (id, c.conn.queued_bytes() + c.inbound))
+                .map(|(id, c)| (id, c.conn.queued_bytes() + c.inbound as usize))
                 .max_by_key(|&(_, bytes)| bytes);
             let Some((id, bytes)) = biggest else { return };
             if bytes == 0 {
@@ -469,7 +469,7 @@ impl<T: Transport> Hub<T> {
     pub fn remove(&mut self, id: ClientId, reason: Reason, now: Millis) {
         self.end(id, reason, now);
         if let Some(client) = self.clients.try_remove(id) {
-            self.inbound -= client.inbound;
+            self.inbound -= client.inbound as usize;
             if client.pending {
                 self.admission.request_done();
             }
