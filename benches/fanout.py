@@ -49,7 +49,11 @@ def start(server):
     cmd = SERVERS[server] + ["--listen", f"127.0.0.1:{port}"]
     # The multi-thread runtime gets both cores; everything else one.
     cores = "0,1" if server == "tokio-mt" else "0"
-    proc = subprocess.Popen(["taskset", "-c", cores] + cmd, stderr=subprocess.DEVNULL)
+    # The load generator opens up to 20,000 clients from 4 addresses: lift
+    # the per-address and pending caps (by environment, which builds from
+    # before those flags simply ignore).
+    env = dict(os.environ, WSHUB_MAX_CONNECTIONS_PER_IP="20000", WSHUB_MAX_PENDING="20000")
+    proc = subprocess.Popen(["taskset", "-c", cores] + cmd, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
