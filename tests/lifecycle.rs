@@ -86,9 +86,9 @@ fn after_its_close_reply_the_hub_half_closes_and_lingers_for_the_peer() {
     let mut raw = RawWs::connect(hub.addr, "/ws");
     raw.send_frame(0x88, &1000u16.to_be_bytes());
     assert_eq!(raw.expect_close(), Some(1000));
-    // Our side is still open: the hub has sent its FIN and waits for ours.
+    // Our side is still open: the hub has sent its FIN and waits for ours
+    // (how long it waits is checked without sockets in hub.rs's tests).
     assert!(raw.wait_closed(), "FIN after the close frame");
-    wait_until("one connection closing", || hub.publisher.stats().closing == 1);
     drop(raw);
     wait_until("gone after our FIN", || hub.publisher.stats().closing == 0);
     assert_eq!(hub.publisher.stats().exited(Exit::ClientClosed), 1);
