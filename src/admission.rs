@@ -96,17 +96,33 @@ impl Admission {
         self.pending
     }
 
-    /// May this upgrade become a WebSocket client?
-    pub fn upgrade(&self, config: &Config, _upgrade: &Upgrade, _peer: SocketAddr) -> Result<(), Rejection> {
+    /// May this upgrade become a WebSocket client? A browser page must be
+    /// allowed by the `Origin` policy (403); then capacity (503).
+    pub fn upgrade(&self, config: &Config, upgrade: &Upgrade, _peer: SocketAddr) -> Result<(), Rejection> {
+        let credentials = &upgrade.credentials;
+        if let Some(origin) = &credentials.origin
+            && !config.allowed_origins.allows(origin, &credentials.host)
+        {
+            return Err(Rejection::new(403, "Origin not allowed"));
+        }
         if self.ws_clients >= config.max_connections {
             return Err(Rejection::new(503, "at --max-connections"));
         }
         Ok(())
     }
 
-    /// May this request publish? With `--publish-token`, only with that
-    /// bearer token (401 otherwise); without one, only loopback peers (403).
+    /// May this request publish? A browser page must be allowed by the
+    /// `Origin` policy whatever its credentials (403: no cross-site
+    /// publishing). With `--publish-token`, only with that bearer token
+    /// (401 otherwise); without one, only loopback peers, and not from a
+    /// browser (a page can POST to localhost): 403.
     pub fn publish(&self, config: &Config, head: &PublishHead, peer: SocketAddr) -> Result<(), Rejection> {
+        let origin = head.credentials.origin.as_deref();
+        if let Some(origin) = origin
+            && !config.allowed_origins.allows(origin, &head.credentials.host)
+        {
+            return Err(Rejection::new(403, "Origin not allowed"));
+        }
         match &config.publish_token {
             Some(token) => {
                 let presented = head.credentials.bearer.as_deref().unwrap_or("");
@@ -115,6 +131,9 @@ impl Admission {
                 } else {
                     Err(Rejection::new(401, "publish needs the right bearer token"))
                 }
+            }
+            None if origin.is_some() => {
+                Err(Rejection::new(403, "without --publish-token a browser page may not publish"))
             }
             None if peer.ip().is_loopback() => Ok(()),
             None => Err(Rejection::new(403, "without --publish-token only loopback peers may publish")),
@@ -192,6 +211,35 @@ mod tests {
         for wrong in [None, Some("s3cre"), Some("s3cret!"), Some("S3cret"), Some("")] {
             assert_eq!(admission.publish(&locked, &head(wrong), LOCAL.parse().unwrap()).unwrap_err().status, 401);
         }
+    }
+
+    #[test]
+    fn origin_policy_guards_upgrades_and_publishes() {
+        let admission = Admission::new();
+        let local: SocketAddr = LOCAL.parse().unwrap();
+        let credentials = |origin: Option<&str>, bearer: Option<&str>| Credentials {
+            host: "hub.example:8080".into(),
+            origin: origin.map(str::to_string),
+            bearer: bearer.map(str::to_string),
+            query_token: None,
+        };
+        let up =
+            |origin| Upgrade { accept_key: String::new(), topics: Vec::new(), credentials: credentials(origin, None) };
+        let config = Config::default();
+        assert_eq!(admission.upgrade(&config, &up(None), local), Ok(()), "no Origin: not a browser");
+        assert_eq!(admission.upgrade(&config, &up(Some("http://hub.example:8080")), local), Ok(()));
+        assert_eq!(admission.upgrade(&config, &up(Some("http://evil.example")), local).unwrap_err().status, 403);
+        let publish = |origin, bearer| PublishHead { credentials: credentials(origin, bearer), ..head(None) };
+        // Without a token, loopback may publish, but not from a browser page.
+        assert_eq!(admission.publish(&config, &publish(None, None), local), Ok(()));
+        let same_site = publish(Some("http://hub.example:8080"), None);
+        assert_eq!(admission.publish(&config, &same_site, local).unwrap_err().status, 403);
+        // With a token, a cross-site page is refused whatever it presents.
+        let locked = Config { publish_token: Some("t".into()), ..Config::default() };
+        let cross = publish(Some("https://evil.example"), Some("t"));
+        assert_eq!(admission.publish(&locked, &cross, local).unwrap_err().status, 403);
+        let allowed = publish(Some("http://hub.example:8080"), Some("t"));
+        assert_eq!(admission.publish(&locked, &allowed, local), Ok(()));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::origin::OriginPolicy;
+
 /// Everything the server can be told. `Default` matches the binary's defaults.
 /// (No `PartialEq`: it will hold key material.)
 #[derive(Debug, Clone)]
@@ -25,6 +27,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub no_echo: bool,
     pub publish_token: Option<String>,
+    /// Which pages may open `/ws` or publish from a browser (`Origin`).
+    pub allowed_origins: OriginPolicy,
+    /// `/ws` clients only receive; a data frame from one: close 1008.
+    pub no_client_publish: bool,
     /// Bound on all bytes held for clients (queued frames, counted once
     /// however many queues share them, and partly received requests and
     /// messages); over it, the clients holding the most are dropped (1013).
@@ -62,6 +68,8 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             no_echo: false,
             publish_token: None,
+            allowed_origins: OriginPolicy::default(),
+            no_client_publish: false,
             max_buffered_bytes: 64 * 1024 * 1024,
             message_timeout: Duration::from_secs(10),
             max_connections_per_ip: 128,
@@ -116,6 +124,12 @@ const FLAGS: &[Flag] = &[
     Flag { name: "shutdown-timeout", value: "SECS", help: "on SIGINT/SIGTERM, exit after at most this long [5]" },
     Flag { name: "no-echo", value: "", help: "do not send a client its own messages" },
     Flag { name: "publish-token", value: "TOKEN", help: "bearer token for POST /publish (default: loopback only)" },
+    Flag {
+        name: "allowed-origins",
+        value: "LIST",
+        help: "origins browsers may connect from: https://a.example, https://*.example.com or * [same-origin]",
+    },
+    Flag { name: "no-client-publish", value: "", help: "/ws clients only receive; a data frame from one: close 1008" },
     Flag { name: "log-level", value: "LEVEL", help: "error, warn, info, debug or trace [info] (also RUST_LOG)" },
 ];
 
@@ -216,13 +230,9 @@ impl Config {
             "ping-interval" => self.ping_interval = seconds(value)?,
             "idle-timeout" => self.idle_timeout = seconds(value)?,
             "shutdown-timeout" => self.shutdown_timeout = seconds(value)?,
-            "no-echo" => {
-                self.no_echo = match value {
-                    "" | "1" | "true" | "yes" | "on" => true,
-                    "0" | "false" | "no" | "off" => false,
-                    _ => return Err("expected true or false".into()),
-                }
-            }
+            "no-echo" => self.no_echo = switch(value)?,
+            "no-client-publish" => self.no_client_publish = switch(value)?,
+            "allowed-origins" => self.allowed_origins = OriginPolicy::parse(value)?,
             "publish-token" if value.is_empty() => return Err("must not be empty".into()),
             "publish-token" => self.publish_token = Some(value.to_string()),
             "log-level" => self.log_level = value.parse().map_err(|_| "expected error, warn, info, debug or trace")?,
@@ -251,6 +261,15 @@ fn positive(value: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(_) => Err("expected a whole number".into()),
+    }
+}
+
+/// A flag without a value is on; from the environment, a boolean word.
+fn switch(value: &str) -> Result<bool, String> {
+    match value {
+        "" | "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 
@@ -309,6 +328,9 @@ mod tests {
         assert_eq!(c.queue_messages, 7);
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert!(config(&[], &[("WSHUB_NO_ECHO", "true")]).no_echo);
+        assert!(config(&["--no-client-publish"], &[]).no_client_publish);
+        let origins = config(&[], &[("WSHUB_ALLOWED_ORIGINS", "https://*.example.com")]).allowed_origins;
+        assert!(origins.allows("https://a.example.com", "hub") && !origins.allows("https://evil.com", "hub"));
         assert_eq!(config(&["--log-level", "warn"], &[("RUST_LOG", "debug")]).log_level, LevelFilter::Warn);
     }
 
@@ -321,6 +343,8 @@ mod tests {
             (&["--bogus"], "--bogus"),
             (&["--listen"], "needs a value"),
             (&["--ping-interval", "70"], "--ping-interval"),
+            (&["--allowed-origins", "example.com"], "--allowed-origins"),
+            (&["--no-client-publish=yes"], "takes no value"),
         ] {
             let err = parse(args, &[]).unwrap_err();
             assert!(err.contains(needle), "{err}");

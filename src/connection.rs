@@ -216,6 +216,10 @@ impl Connection {
                         let consumed = decoded.consumed;
                         let action = match decoded.event {
                             None | Some(Event::Pong) => Action::Nothing,
+                            Some(Event::Message(..)) if ctx.config.no_client_publish => {
+                                let e = ProtocolError { code: CloseCode::Policy, reason: "clients may not publish" };
+                                self.close(e.code, e.reason, Reason::Protocol(e), ctx)
+                            }
                             Some(Event::Message(kind, payload)) => {
                                 if let Some(rate) = self.rate.as_mut() {
                                     rate.refill(ctx.config, ctx.now);

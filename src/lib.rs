@@ -18,6 +18,7 @@ mod frame;
 mod http;
 mod hub;
 mod logger;
+mod origin;
 mod publisher;
 mod reason;
 mod send_queue;
@@ -30,6 +31,7 @@ mod utf8;
 
 pub use config::{Command, Config, usage};
 pub use logger::{dropped_log_lines, init as init_logger};
+pub use origin::OriginPolicy;
 pub use publisher::{Message, PublishError, Publisher};
 pub use reason::Exit;
 pub use server::Server;

@@ -90,8 +90,10 @@ fn after_its_close_reply_the_hub_half_closes_and_lingers_for_the_peer() {
     // (how long it waits is checked without sockets in hub.rs's tests).
     assert!(raw.wait_closed(), "FIN after the close frame");
     drop(raw);
-    wait_until("gone after our FIN", || hub.publisher.stats().closing == 0);
-    assert_eq!(hub.publisher.stats().exited(Exit::ClientClosed), 1);
+    wait_until("gone after our FIN", || {
+        let stats = hub.publisher.stats();
+        stats.exited(Exit::ClientClosed) == 1 && stats.closing == 0 && stats.open == 0
+    });
 }
 
 #[test]
