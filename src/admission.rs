@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Config;
-use crate::http::{PublishHead, Rejection, Upgrade};
+use crate::http::{PublishHead, Rejection, Request, Upgrade};
 
 /// The hub-wide state admission decisions depend on.
 #[derive(Debug, Default)]
@@ -138,6 +138,17 @@ impl Admission {
             None if peer.ip().is_loopback() => Ok(()),
             None => Err(Rejection::new(403, "without --publish-token only loopback peers may publish")),
         }
+    }
+
+    /// Is this route served on this listener? With `--admin-listen`, the
+    /// admin routes (`/publish`, `/healthz`) live only on the admin
+    /// listener and `/ws` only on the public one; elsewhere they are 404.
+    pub fn serves(&self, config: &Config, request: &Request, on_admin_listener: bool) -> Result<(), Rejection> {
+        if config.admin_listen.is_none() {
+            return Ok(());
+        }
+        let admin_route = !matches!(request, Request::Upgrade(_));
+        if admin_route == on_admin_listener { Ok(()) } else { Err(Rejection::new(404, "unknown path")) }
     }
 
     /// A client was upgraded (counts against `--max-connections`).

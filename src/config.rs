@@ -16,6 +16,9 @@ use crate::origin::OriginPolicy;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// When set, `/publish` and `/healthz` are served only here, and the
+    /// public listener serves only `/ws`.
+    pub admin_listen: Option<SocketAddr>,
     pub max_message_size: usize,
     pub max_connections: usize,
     pub queue_messages: usize,
@@ -57,6 +60,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
             max_message_size: 65536,
             max_connections: 10_000,
             queue_messages: 256,
@@ -99,6 +103,11 @@ struct Flag {
 
 const FLAGS: &[Flag] = &[
     Flag { name: "listen", value: "ADDR", help: "TCP address to listen on [127.0.0.1:8080]" },
+    Flag {
+        name: "admin-listen",
+        value: "ADDR",
+        help: "serve /publish and /healthz only on this address (unset: on --listen)",
+    },
     Flag { name: "max-message-size", value: "BYTES", help: "largest message a client may send [65536]" },
     Flag { name: "max-connections", value: "N", help: "WebSocket clients at most; more get HTTP 503 [10000]" },
     Flag { name: "queue-messages", value: "N", help: "per-client send queue bound, in messages [256]" },
@@ -212,6 +221,10 @@ impl Config {
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
+            "admin-listen" => {
+                self.admin_listen =
+                    Some(value.parse().map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:9090 or [::1]:9090")?)
+            }
             "listen" => {
                 self.listen = value.parse().map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")?
             }

@@ -99,6 +99,8 @@ pub struct Connection {
     peer: SocketAddr,
     /// Our writing half is shut: nothing more will be sent.
     write_shut: bool,
+    /// Accepted on the admin listener (`--admin-listen`).
+    admin: bool,
     /// The answer to the latest ping, not queued yet. Earlier pings' pongs
     /// are queued, up to `MAX_QUEUED_PONGS` unsent; past that, RFC 6455
     /// §5.5.3 lets us answer only the latest, so a burst of pings costs a
@@ -150,6 +152,7 @@ impl Connection {
             last_progress: now,
             peer,
             write_shut: false,
+            admin: false,
             pong: None,
             pongs_queued: 0,
             rate: None,
@@ -176,6 +179,11 @@ impl Connection {
     /// again.
     pub fn throttled_until(&self, config: &Config) -> Option<Millis> {
         self.rate.as_ref().and_then(|rate| rate.resume_at(config))
+    }
+
+    /// This connection came in on the admin listener.
+    pub fn set_admin(&mut self) {
+        self.admin = true;
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -291,6 +299,9 @@ impl Connection {
         let Some(consumed) = head_len.checked_sub(before) else {
             return (input.len(), self.reject(Rejection::new(400, "malformed request"), ctx));
         };
+        if let Err(rejection) = ctx.admission.serves(ctx.config, &request, self.admin) {
+            return (input.len(), self.reject(rejection, ctx));
+        }
         let action = match request {
             Request::Health { head_only } => {
                 let answer = if head_only { http::head_response } else { http::response };

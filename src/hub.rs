@@ -130,6 +130,13 @@ impl<T: Transport> Hub<T> {
         self.record_exit(peer, Reason::Refused(why), now);
     }
 
+    /// A new connection accepted on the admin listener.
+    pub fn insert_admin(&mut self, transport: T, peer: SocketAddr, now: Millis) -> ClientId {
+        let id = self.insert(transport, peer, now);
+        self.clients[id].conn.set_admin();
+        id
+    }
+
     /// A new connection from `peer`, accepted at `now`.
     pub fn insert(&mut self, transport: T, peer: SocketAddr, now: Millis) -> ClientId {
         self.stats.accepted += 1;

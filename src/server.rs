@@ -27,6 +27,7 @@ use crate::hub::{ClientId, Hub};
 use crate::publisher::{Message, Publisher, Shared};
 
 const LISTENER: Token = Token(usize::MAX - 1);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 
@@ -45,6 +46,8 @@ pub struct Server {
     poll: Poll,
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// `--admin-listen`: the listener for `/publish` and `/healthz`.
+    admin: Option<(TcpListener, SocketAddr)>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     shared: Arc<Shared>,
 }
@@ -54,6 +57,7 @@ pub struct Server {
 struct EventLoop {
     poll: Poll,
     listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     shared: Arc<Shared>,
     hub: Hub<TcpStream>,
@@ -82,6 +86,15 @@ impl Server {
         let mut listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let admin = match config.admin_listen {
+            Some(addr) => {
+                let mut admin = TcpListener::bind(addr)?;
+                let admin_addr = admin.local_addr()?;
+                poll.registry().register(&mut admin, ADMIN_LISTENER, Interest::READABLE)?;
+                Some((admin, admin_addr))
+            }
+            None => None,
+        };
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let signals = if config.handle_signals {
             use signal_hook_mio::v1_0::Signals;
@@ -92,12 +105,17 @@ impl Server {
             None
         };
         let shared = Shared::new(waker, config.publisher_queue, config.max_message_size);
-        Ok(Server { config, poll, listener, local_addr, signals, shared })
+        Ok(Server { config, poll, listener, local_addr, admin, signals, shared })
     }
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's address, with `--admin-listen`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(_, addr)| *addr)
     }
 
     /// A handle for publishing and shutting down from other threads.
@@ -108,9 +126,13 @@ impl Server {
     /// Runs the loop on the calling thread until a graceful shutdown ends.
     pub fn run(self) -> io::Result<()> {
         info!("wshub {} listening on ws://{}/ws", env!("CARGO_PKG_VERSION"), self.local_addr);
+        if let Some((_, admin)) = &self.admin {
+            info!("admin routes (/publish, /healthz) on http://{admin}");
+        }
         let mut event_loop = EventLoop {
             poll: self.poll,
             listener: Some(self.listener),
+            admin_listener: self.admin.map(|(listener, _)| listener),
             signals: self.signals,
             shared: self.shared,
             hub: Hub::new(self.config),
@@ -165,7 +187,8 @@ impl EventLoop {
 
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    ADMIN_LISTENER => self.accept(true),
                     WAKER => self.drain_inbox(),
                     SIGNALS => self.on_signals(),
                     Token(id) => {
@@ -183,7 +206,8 @@ impl EventLoop {
             self.read_more();
             if self.accept_paused_until.is_some_and(|t| self.now >= t) {
                 self.accept_paused_until = None;
-                self.accept();
+                self.accept(false);
+                self.accept(true);
             }
             self.hub.flush(self.now);
             if self.now >= next_tick {
@@ -205,13 +229,15 @@ impl EventLoop {
         }
     }
 
-    fn accept(&mut self) {
+    /// Accepts what waits on the public listener, or on the admin one.
+    fn accept(&mut self, admin: bool) {
         if self.accept_paused_until.is_some() {
             return;
         }
         let mut refusals = 0;
         loop {
-            let Some(listener) = self.listener.as_ref() else {
+            let listener = if admin { self.admin_listener.as_ref() } else { self.listener.as_ref() };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
@@ -239,7 +265,11 @@ impl EventLoop {
                         self.slots.resize(id + 1, Slot::default());
                     }
                     self.slots[id] = Slot::default();
-                    self.hub.insert(stream, addr, self.now);
+                    if admin {
+                        self.hub.insert_admin(stream, addr, self.now);
+                    } else {
+                        self.hub.insert(stream, addr, self.now);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -416,6 +446,9 @@ impl EventLoop {
             self.hub.config().shutdown_timeout
         );
         self.shared.lock().shutdown_requested = true;
+        if let Some(mut admin) = self.admin_listener.take() {
+            let _ = self.poll.registry().deregister(&mut admin);
+        }
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

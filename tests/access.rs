@@ -73,3 +73,30 @@ fn receive_only_clients_get_1008_for_a_data_frame() {
     hub.publisher.publish("all", "from the application").unwrap();
     assert_eq!(listener.read_frame().payload, b"from the application");
 }
+
+#[test]
+fn an_admin_listener_takes_the_admin_routes_off_the_public_port() {
+    let config = Config { admin_listen: Some("127.0.0.1:0".parse().unwrap()), ..Config::default() };
+    let hub = Hub::start(config);
+    let admin = hub.admin.expect("an admin address");
+    let publish = b"POST /publish/all HTTP/1.1\r\nHost: test\r\nContent-Length: 2\r\n\r\nhi";
+    let health = b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
+    // The public port: /ws only.
+    let mut ws = RawWs::connect(hub.addr, "/ws");
+    assert_eq!(status_of(&http(hub.addr, publish)), 404);
+    assert_eq!(status_of(&http(hub.addr, health)), 404);
+    // The admin port: /publish and /healthz, no /ws.
+    assert_eq!(upgrade_status_at(admin, None), 404);
+    assert_eq!(status_of(&http(admin, health)), 200);
+    let response = http(admin, publish);
+    assert!(response.ends_with("{\"receivers\": 1}\n"), "{response}");
+    assert_eq!(ws.read_frame().payload, b"hi");
+}
+
+fn upgrade_status_at(addr: std::net::SocketAddr, origin: Option<&str>) -> u16 {
+    let mut request = upgrade_request("/ws");
+    if let Some(origin) = origin {
+        request = request.replace("Host: test\r\n", &format!("Host: test\r\nOrigin: {origin}\r\n"));
+    }
+    status_of(&http(addr, request.as_bytes()))
+}

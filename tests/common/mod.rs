@@ -16,6 +16,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// A hub running on its own thread for one test.
 pub struct Hub {
     pub addr: SocketAddr,
+    /// The admin listener, when the config asked for one.
+    pub admin: Option<SocketAddr>,
     pub publisher: Publisher,
     thread: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -25,9 +27,10 @@ impl Hub {
         let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..config };
         let server = Server::bind(config).expect("bind");
         let addr = server.local_addr();
+        let admin = server.admin_addr();
         let publisher = server.publisher();
         let thread = std::thread::spawn(move || server.run());
-        Hub { addr, publisher, thread: Some(thread) }
+        Hub { addr, admin, publisher, thread: Some(thread) }
     }
 
     pub fn default() -> Hub {
