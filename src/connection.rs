@@ -38,6 +38,11 @@ pub type Millis = u64;
 /// thousands must not fill the queue.
 const MAX_QUEUED_PONGS: u8 = 16;
 
+/// Policy closes (1008) the connection itself decides.
+const NO_CLIENT_PUBLISH: ProtocolError = ProtocolError { code: CloseCode::Policy, reason: "clients may not publish" };
+const MESSAGE_TIMEOUT: ProtocolError =
+    ProtocolError { code: CloseCode::Policy, reason: "message not completed within --message-timeout" };
+
 /// "No time": no message is partly received.
 const NEVER: Millis = Millis::MAX;
 
@@ -219,14 +224,13 @@ impl Connection {
                 *last_heard = ctx.now;
                 *ping_sent = false;
                 match decoder.decode(input, ctx.config.max_message_size) {
-                    Err(e) => (input.len(), self.close(e.code, e.reason, Reason::Protocol(e), ctx)),
+                    Err(e) => (input.len(), self.fail(e, ctx)),
                     Ok(decoded) => {
                         let consumed = decoded.consumed;
                         let action = match decoded.event {
                             None | Some(Event::Pong) => Action::Nothing,
                             Some(Event::Message(..)) if ctx.config.no_client_publish => {
-                                let e = ProtocolError { code: CloseCode::Policy, reason: "clients may not publish" };
-                                self.close(e.code, e.reason, Reason::Protocol(e), ctx)
+                                self.fail(NO_CLIENT_PUBLISH, ctx)
                             }
                             Some(Event::Message(kind, payload)) => {
                                 if let Some(rate) = self.rate.as_mut() {
@@ -457,6 +461,11 @@ impl Connection {
         self.close(CloseCode::Again, "server overloaded", Reason::OverBudget, ctx)
     }
 
+    /// Closes for a protocol or policy error, with its code.
+    fn fail(&mut self, e: ProtocolError, ctx: &Context) -> Action {
+        self.close(e.code, e.reason, Reason::Protocol(e), ctx)
+    }
+
     /// Starts the closing handshake with `code` after what is already queued.
     pub fn close(&mut self, code: CloseCode, why: &str, reason: Reason, ctx: &Context) -> Action {
         if self.is_closing() {
@@ -534,11 +543,7 @@ impl Connection {
             Phase::Publishing => {}
             Phase::Open { last_heard, ping_sent, message_since, .. } => {
                 if *message_since != NEVER && now >= message_since.saturating_add(millis(config.message_timeout)) {
-                    let e = ProtocolError {
-                        code: CloseCode::Policy,
-                        reason: "message not completed within --message-timeout",
-                    };
-                    return self.close(e.code, e.reason, Reason::Protocol(e), ctx);
+                    return self.fail(MESSAGE_TIMEOUT, ctx);
                 }
                 let silent = now.saturating_sub(*last_heard);
                 if silent >= millis(config.idle_timeout) {

@@ -254,8 +254,6 @@ impl<T: Transport> Hub<T> {
             let ctx = Context { config, now, admission };
             let action = clients[id].conn.overloaded(&ctx);
             self.apply(id, action, now);
-            self.sync(id);
-            self.mark_dirty(id);
         }
     }
 
@@ -437,18 +435,15 @@ impl<T: Transport> Hub<T> {
         let Some(client) = self.clients.get_mut(id) else {
             return;
         };
-        if !client.ended {
-            client.ended = true;
-            let peer = client.conn.peer();
-            self.record_exit(peer, reason, now);
-        }
-        let Some(client) = self.clients.get_mut(id) else {
-            return;
-        };
+        let first = !std::mem::replace(&mut client.ended, true);
+        let peer = client.conn.peer();
         if client.subscribed {
             client.subscribed = false;
             self.admission.left();
             self.subscriptions.unsubscribe(id);
+        }
+        if first {
+            self.record_exit(peer, reason, now);
         }
     }
 

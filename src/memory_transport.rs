@@ -15,8 +15,6 @@ struct Pipe {
     /// Bytes the peer would still accept; `None`: unlimited.
     room: Option<usize>,
     write_calls: usize,
-    /// Bytes written in all (kept or not).
-    written: usize,
     /// Count written bytes but do not keep them (for benchmarks).
     discard: bool,
     write_shut: bool,
@@ -33,24 +31,12 @@ impl MemoryTransport {
         MemoryTransport::default()
     }
 
-    /// A transport that takes `room` bytes, then pushes back.
-    pub fn with_room(room: usize) -> MemoryTransport {
-        let t = MemoryTransport::default();
-        t.pipe.borrow_mut().room = Some(room);
-        t
-    }
-
     /// A transport that takes everything and keeps nothing: a sink that
     /// never allocates, for benchmarks and allocation counts.
     pub fn sink() -> MemoryTransport {
         let t = MemoryTransport::default();
         t.pipe.borrow_mut().discard = true;
         t
-    }
-
-    /// Bytes written in all.
-    pub fn written(&self) -> usize {
-        self.pipe.borrow().written
     }
 
     /// Lets the peer accept `more` bytes (an unlimited pipe stays unlimited).
@@ -104,7 +90,6 @@ impl Write for MemoryTransport {
         if take == 0 && total > 0 {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        pipe.written += take;
         let mut left = if pipe.discard { 0 } else { take };
         for buf in bufs {
             let n = left.min(buf.len());

@@ -314,10 +314,7 @@ impl EventLoop {
     /// bounded share of each turn however it frames its data. `to_eof`: the
     /// peer also closed, so read on until its EOF.
     fn read_client(&mut self, id: ClientId, to_eof: bool) {
-        if let Some(resume) = self.hub.throttled_until(id)
-            && resume > self.now
-        {
-            self.throttle(id, resume);
+        if self.throttled(id) {
             return;
         }
         for _ in 0..2 {
@@ -331,10 +328,7 @@ impl EventLoop {
                 }
                 Ok(n) => {
                     self.hub.receive(id, &mut self.scratch[..n], self.now);
-                    if let Some(resume) = self.hub.throttled_until(id)
-                        && resume > self.now
-                    {
-                        self.throttle(id, resume);
+                    if self.throttled(id) {
                         return;
                     }
                     if n == SCRATCH_BYTES {
@@ -386,15 +380,20 @@ impl EventLoop {
         }
     }
 
-    /// Stops reading a client until `resume` (TCP back-pressure does the
-    /// throttling): at most one entry per client.
-    fn throttle(&mut self, id: ClientId, resume: Millis) {
+    /// Whether the client is over its inbound rate limit; if so, it is not
+    /// read until its debt is paid (TCP back-pressure does the throttling)
+    /// and is scheduled for then, at most one entry per client.
+    fn throttled(&mut self, id: ClientId) -> bool {
+        let Some(resume) = self.hub.throttled_until(id).filter(|&t| t > self.now) else {
+            return false;
+        };
         if let Some(slot) = self.slots.get_mut(id)
             && !slot.throttled
         {
             slot.throttled = true;
             self.throttled.push(Reverse((resume, id)));
         }
+        true
     }
 
     /// Deregisters the sockets of removed connections; dropping closes them.
