@@ -2,8 +2,8 @@
 //! or says which status refuses it.
 //!
 //! Two moments: at `accept`, before a byte is read (connections per source
-//! address, pending requests), and when a request head is complete (capacity,
-//! publish credentials; origin policy and tokens belong here too). The
+//! address, pending requests), and when a request head is complete (origin
+//! policy, tokens and their topic grants, capacity, publish credentials). The
 //! connection parses the request and asks here before it answers, with
 //! everything the decision needs: the request's credentials (host, origin,
 //! tokens), the peer address from `accept`, and the hub's counts.
@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::auth::{Claims, Verifier};
 use crate::config::Config;
-use crate::http::{PublishHead, Rejection, Request, Upgrade};
+use crate::http::{Credentials, PublishHead, Rejection, Request, Upgrade};
 
 /// The hub-wide state admission decisions depend on.
 #[derive(Debug, Default)]
@@ -23,6 +24,22 @@ pub struct Admission {
     pending: usize,
     /// Connections per source (an IPv4 address or an IPv6 /64).
     per_source: Option<HashMap<Source, u32>>,
+    /// JWT keys, when configured: `/ws` then needs a token.
+    verifier: Option<Box<Verifier>>,
+    /// Wall-clock time for token claims, in seconds since the epoch: set by
+    /// the driver each turn (an explicit clock, like `now` for deadlines).
+    unix_now: u64,
+}
+
+/// What an admitted upgrade may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// Bit `i` set: the client may publish to its `i`-th topic (at most 16).
+    pub publish_mask: u16,
+    /// Milliseconds until its token expires (then: close 1008).
+    pub expires_in: Option<u64>,
+    /// The token's subject, for log lines.
+    pub sub: Option<String>,
 }
 
 /// Where connections come from, for per-address limits: an IPv4 address, or
@@ -51,7 +68,27 @@ impl Source {
 
 impl Admission {
     pub const fn new() -> Admission {
-        Admission { ws_clients: 0, pending: 0, per_source: None }
+        Admission { ws_clients: 0, pending: 0, per_source: None, verifier: None, unix_now: 0 }
+    }
+
+    /// Checks tokens with these keys from now on.
+    pub(crate) fn set_verifier(&mut self, verifier: Option<Verifier>) {
+        self.verifier = verifier.map(Box::new);
+    }
+
+    /// The wall-clock time for token claims (seconds since the epoch).
+    pub(crate) fn set_unix_now(&mut self, unix_now: u64) {
+        self.unix_now = unix_now;
+    }
+
+    /// Verifies the token an upgrade or publish presents: `?token=` or
+    /// `Authorization: Bearer`. `None` without configured keys.
+    fn claims(&self, credentials: &Credentials) -> Option<Result<Claims, Rejection>> {
+        let verifier = self.verifier.as_ref()?;
+        let Some(token) = credentials.bearer.as_deref().or(credentials.query_token.as_deref()) else {
+            return Some(Err(Rejection::new(401, "no token (?token= or Authorization: Bearer)")));
+        };
+        Some(verifier.verify(token, self.unix_now).map_err(|why| Rejection::new(401, why)))
     }
 
     /// May a new TCP connection from `peer` be kept? Checked at `accept`,
@@ -96,42 +133,73 @@ impl Admission {
         self.pending
     }
 
-    /// May this upgrade become a WebSocket client? A browser page must be
-    /// allowed by the `Origin` policy (403); then capacity (503).
-    pub fn upgrade(&self, config: &Config, upgrade: &Upgrade, _peer: SocketAddr) -> Result<(), Rejection> {
+    /// May this upgrade become a WebSocket client, and what may it do? A
+    /// browser page must be allowed by the `Origin` policy (403); with JWT
+    /// keys, a valid token is needed (401) whose `subscribe` grant covers
+    /// every topic asked for (403) and whose `publish` grant says where the
+    /// client's messages go; then capacity (503).
+    pub fn upgrade(&self, config: &Config, upgrade: &Upgrade, _peer: SocketAddr) -> Result<Admitted, Rejection> {
         let credentials = &upgrade.credentials;
         if let Some(origin) = &credentials.origin
             && !config.allowed_origins.allows(origin, &credentials.host)
         {
             return Err(Rejection::new(403, "Origin not allowed"));
         }
+        let all_topics = (1u32 << upgrade.topics.len()).wrapping_sub(1) as u16;
+        let mut admitted = Admitted { publish_mask: all_topics, expires_in: None, sub: None };
+        if let Some(claims) = self.claims(credentials) {
+            let claims = claims?;
+            if !upgrade.topics.iter().all(|t| claims.subscribe.covers(t.as_str())) {
+                return Err(Rejection::new(403, "a topic outside the token's subscribe grant"));
+            }
+            admitted.publish_mask = 0;
+            for (i, topic) in upgrade.topics.iter().enumerate() {
+                if claims.publish.covers(topic.as_str()) {
+                    admitted.publish_mask |= 1 << i;
+                }
+            }
+            admitted.expires_in = claims.expires.map(|exp| exp.saturating_sub(self.unix_now).saturating_mul(1000));
+            admitted.sub = claims.sub;
+        }
+        if config.no_client_publish {
+            admitted.publish_mask = 0;
+        }
         if self.ws_clients >= config.max_connections {
             return Err(Rejection::new(503, "at --max-connections"));
         }
-        Ok(())
+        Ok(admitted)
     }
 
     /// May this request publish? A browser page must be allowed by the
     /// `Origin` policy whatever its credentials (403: no cross-site
-    /// publishing). With `--publish-token`, only with that bearer token
-    /// (401 otherwise); without one, only loopback peers, and not from a
-    /// browser (a page can POST to localhost): 403.
+    /// publishing). With `--publish-token` or JWT keys, only with that bearer
+    /// token or a token whose `publish` grant covers the topic (401
+    /// otherwise); with neither, only loopback peers, and not from a browser
+    /// (a page can POST to localhost): 403.
     pub fn publish(&self, config: &Config, head: &PublishHead, peer: SocketAddr) -> Result<(), Rejection> {
-        let origin = head.credentials.origin.as_deref();
+        let credentials = &head.credentials;
+        let origin = credentials.origin.as_deref();
         if let Some(origin) = origin
-            && !config.allowed_origins.allows(origin, &head.credentials.host)
+            && !config.allowed_origins.allows(origin, &credentials.host)
         {
             return Err(Rejection::new(403, "Origin not allowed"));
         }
-        match &config.publish_token {
-            Some(token) => {
-                let presented = head.credentials.bearer.as_deref().unwrap_or("");
-                if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-                    Ok(())
-                } else {
-                    Err(Rejection::new(401, "publish needs the right bearer token"))
-                }
+        if let Some(token) = &config.publish_token {
+            let presented = credentials.bearer.as_deref().unwrap_or("");
+            if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+                return Ok(());
             }
+        }
+        match self.claims(credentials) {
+            // A bad topic name is answered 400 after admission.
+            Some(Ok(claims)) if head.topic.as_ref().is_ok_and(|t| !claims.publish.covers(t.as_str())) => {
+                Err(Rejection::new(401, "the token's publish grant does not cover the topic"))
+            }
+            Some(Ok(_)) => Ok(()),
+            Some(Err(_)) | None if config.publish_token.is_some() => {
+                Err(Rejection::new(401, "publish needs the right bearer token"))
+            }
+            Some(Err(rejection)) => Err(rejection),
             None if origin.is_some() => {
                 Err(Rejection::new(403, "without --publish-token a browser page may not publish"))
             }
@@ -204,11 +272,11 @@ mod tests {
         let config = Config { max_connections: 1, ..Config::default() };
         let up = Upgrade { accept_key: String::new(), topics: Vec::new(), credentials: Credentials::default() };
         let mut admission = Admission::default();
-        assert_eq!(admission.upgrade(&config, &up, LOCAL.parse().unwrap()), Ok(()));
+        assert!(admission.upgrade(&config, &up, LOCAL.parse().unwrap()).is_ok());
         admission.joined();
         assert_eq!(admission.upgrade(&config, &up, LOCAL.parse().unwrap()).unwrap_err().status, 503);
         admission.left();
-        assert_eq!(admission.upgrade(&config, &up, LOCAL.parse().unwrap()), Ok(()));
+        assert!(admission.upgrade(&config, &up, LOCAL.parse().unwrap()).is_ok());
     }
 
     #[test]
@@ -237,8 +305,8 @@ mod tests {
         let up =
             |origin| Upgrade { accept_key: String::new(), topics: Vec::new(), credentials: credentials(origin, None) };
         let config = Config::default();
-        assert_eq!(admission.upgrade(&config, &up(None), local), Ok(()), "no Origin: not a browser");
-        assert_eq!(admission.upgrade(&config, &up(Some("http://hub.example:8080")), local), Ok(()));
+        assert!(admission.upgrade(&config, &up(None), local).is_ok(), "no Origin: not a browser");
+        assert!(admission.upgrade(&config, &up(Some("http://hub.example:8080")), local).is_ok());
         assert_eq!(admission.upgrade(&config, &up(Some("http://evil.example")), local).unwrap_err().status, 403);
         let publish = |origin, bearer| PublishHead { credentials: credentials(origin, bearer), ..head(None) };
         // Without a token, loopback may publish, but not from a browser page.

@@ -5,6 +5,7 @@
 //! startup with one line naming the flag and what it expects.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -34,6 +35,17 @@ pub struct Config {
     pub allowed_origins: OriginPolicy,
     /// `/ws` clients only receive; a data frame from one: close 1008.
     pub no_client_publish: bool,
+    /// HS256 secret file (`--jwt-secret-file`). With any JWT key set, `/ws`
+    /// needs a valid token and its grants decide the topics.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public keys, P-256 (ES256) or Ed25519 (EdDSA); several for rotation.
+    pub jwt_public_key_files: Vec<PathBuf>,
+    /// Required `iss`, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` (the claim or one of its list), when set.
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed for `exp` and `nbf`.
+    pub jwt_leeway: Duration,
     /// Bound on all bytes held for clients (queued frames, counted once
     /// however many queues share them, and partly received requests and
     /// messages); over it, the clients holding the most are dropped (1013).
@@ -74,6 +86,11 @@ impl Default for Config {
             publish_token: None,
             allowed_origins: OriginPolicy::default(),
             no_client_publish: false,
+            jwt_secret_file: None,
+            jwt_public_key_files: Vec::new(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway: Duration::from_secs(30),
             max_buffered_bytes: 64 * 1024 * 1024,
             message_timeout: Duration::from_secs(10),
             max_connections_per_ip: 128,
@@ -139,6 +156,19 @@ const FLAGS: &[Flag] = &[
         help: "origins browsers may connect from: https://a.example, https://*.example.com or * [same-origin]",
     },
     Flag { name: "no-client-publish", value: "", help: "/ws clients only receive; a data frame from one: close 1008" },
+    Flag {
+        name: "jwt-secret-file",
+        value: "PATH",
+        help: "HS256 secret (file bytes, one trailing newline ignored); /ws then needs a token",
+    },
+    Flag {
+        name: "jwt-public-key-file",
+        value: "PATH",
+        help: "PEM public key, P-256 (ES256) or Ed25519 (EdDSA); repeatable (environment: comma-separated)",
+    },
+    Flag { name: "jwt-issuer", value: "ISS", help: "required iss claim [unset]" },
+    Flag { name: "jwt-audience", value: "AUD", help: "required aud claim [unset]" },
+    Flag { name: "jwt-leeway", value: "SECS", help: "clock skew allowed for exp and nbf [30]" },
     Flag { name: "log-level", value: "LEVEL", help: "error, warn, info, debug or trace [info] (also RUST_LOG)" },
 ];
 
@@ -197,6 +227,21 @@ impl Config {
 
         let mut config = Config { handle_signals: true, ..Config::default() };
         for flag in FLAGS {
+            if flag.name == REPEATABLE {
+                let values: Vec<String> =
+                    given.iter().filter(|(n, _)| *n == REPEATABLE).flat_map(|(_, v)| v.clone()).collect();
+                let env_name = "WSHUB_JWT_PUBLIC_KEY_FILE";
+                let (values, source) = match env(env_name) {
+                    Some(list) if values.is_empty() => {
+                        (list.split(',').map(str::to_string).collect(), env_name.to_string())
+                    }
+                    _ => (values, format!("--{REPEATABLE}")),
+                };
+                for value in values {
+                    config.set(flag.name, &value).map_err(|why| format!("invalid {source} '{value}': {why}"))?;
+                }
+                continue;
+            }
             let from_flag = given.iter().rev().find(|(n, _)| *n == flag.name);
             let env_name = format!("WSHUB_{}", flag.name.replace('-', "_").to_uppercase());
             let (value, source) = match from_flag {
@@ -221,6 +266,11 @@ impl Config {
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
         match name {
+            "jwt-secret-file" => self.jwt_secret_file = Some(path(value)?),
+            "jwt-public-key-file" => self.jwt_public_key_files.push(path(value)?),
+            "jwt-issuer" => self.jwt_issuer = Some(non_empty(value)?),
+            "jwt-audience" => self.jwt_audience = Some(non_empty(value)?),
+            "jwt-leeway" => self.jwt_leeway = Duration::from_secs(whole(value)? as u64),
             "admin-listen" => {
                 self.admin_listen =
                     Some(value.parse().map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:9090 or [::1]:9090")?)
@@ -267,6 +317,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The one flag that may be given several times; each occurrence adds a key.
+const REPEATABLE: &str = "jwt-public-key-file";
+
+fn path(value: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(non_empty(value)?))
+}
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.is_empty() { Err("must not be empty".into()) } else { Ok(value.to_string()) }
 }
 
 fn positive(value: &str) -> Result<usize, String> {
@@ -342,6 +403,12 @@ mod tests {
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert!(config(&[], &[("WSHUB_NO_ECHO", "true")]).no_echo);
         assert!(config(&["--no-client-publish"], &[]).no_client_publish);
+        let keys = config(&["--jwt-public-key-file", "a.pem", "--jwt-public-key-file=b.pem"], &[]);
+        assert_eq!(keys.jwt_public_key_files, [PathBuf::from("a.pem"), PathBuf::from("b.pem")], "repeatable");
+        let from_env = config(&[], &[("WSHUB_JWT_PUBLIC_KEY_FILE", "a.pem,b.pem"), ("WSHUB_JWT_LEEWAY", "0")]);
+        assert_eq!(from_env.jwt_public_key_files.len(), 2);
+        assert_eq!(from_env.jwt_leeway, Duration::ZERO);
+        assert_eq!(config(&[], &[]).jwt_leeway, Duration::from_secs(30));
         let origins = config(&[], &[("WSHUB_ALLOWED_ORIGINS", "https://*.example.com")]).allowed_origins;
         assert!(origins.allows("https://a.example.com", "hub") && !origins.allows("https://evil.com", "hub"));
         assert_eq!(config(&["--log-level", "warn"], &[("RUST_LOG", "debug")]).log_level, LevelFilter::Warn);

@@ -39,7 +39,9 @@ pub type Millis = u64;
 const MAX_QUEUED_PONGS: u8 = 16;
 
 /// Policy closes (1008) the connection itself decides.
-const NO_CLIENT_PUBLISH: ProtocolError = ProtocolError { code: CloseCode::Policy, reason: "clients may not publish" };
+const NO_CLIENT_PUBLISH: ProtocolError =
+    ProtocolError { code: CloseCode::Policy, reason: "publishing is not granted to this client" };
+const TOKEN_EXPIRED: ProtocolError = ProtocolError { code: CloseCode::Policy, reason: "token expired" };
 const MESSAGE_TIMEOUT: ProtocolError =
     ProtocolError { code: CloseCode::Policy, reason: "message not completed within --message-timeout" };
 
@@ -54,7 +56,9 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 pub enum Action {
     Nothing,
     /// Upgrade accepted: subscribe this client to these topics.
-    Subscribe(Vec<Topic>),
+    /// Subscribe to these topics; bit `i` of the mask: the client may
+    /// publish to topic `i`.
+    Subscribe(Vec<Topic>, u16),
     /// A message from this client to everyone on its topics.
     Broadcast(SharedFrame),
     /// An HTTP publish: deliver, then report with [`Connection::published`].
@@ -87,7 +91,16 @@ enum Phase {
     /// An open WebSocket client. `message_since`: when the message (or
     /// frame) now partly received began, for `--message-timeout` (`NEVER`
     /// when none is: a sentinel, to keep an idle connection small).
-    Open { decoder: FrameDecoder, last_heard: Millis, ping_sent: bool, message_since: Millis },
+    /// `expires_at`: when its token expires (`NEVER` without one).
+    /// `may_publish`: its data frames go somewhere (else: close 1008).
+    Open {
+        decoder: FrameDecoder,
+        last_heard: Millis,
+        ping_sent: bool,
+        may_publish: bool,
+        message_since: Millis,
+        expires_at: Millis,
+    },
     /// Last bytes queued. While they are written, `--write-timeout` bounds
     /// each stall (a slow reader still gets its close frame); once our
     /// writing half is shut, the peer has `CLOSE_LINGER` to send its EOF.
@@ -220,18 +233,17 @@ impl Connection {
             }
             // Bytes after the request of an HTTP exchange are not ours to read.
             Phase::Publishing | Phase::Closing { .. } => (input.len(), Action::Nothing),
-            Phase::Open { decoder, last_heard, ping_sent, .. } => {
+            Phase::Open { decoder, last_heard, ping_sent, may_publish, .. } => {
                 *last_heard = ctx.now;
                 *ping_sent = false;
+                let may_publish = *may_publish;
                 match decoder.decode(input, ctx.config.max_message_size) {
                     Err(e) => (input.len(), self.fail(e, ctx)),
                     Ok(decoded) => {
                         let consumed = decoded.consumed;
                         let action = match decoded.event {
                             None | Some(Event::Pong) => Action::Nothing,
-                            Some(Event::Message(..)) if ctx.config.no_client_publish => {
-                                self.fail(NO_CLIENT_PUBLISH, ctx)
-                            }
+                            Some(Event::Message(..)) if !may_publish => self.fail(NO_CLIENT_PUBLISH, ctx),
                             Some(Event::Message(kind, payload)) => {
                                 if let Some(rate) = self.rate.as_mut() {
                                     rate.refill(ctx.config, ctx.now);
@@ -314,13 +326,18 @@ impl Connection {
             }
             Request::Upgrade(upgrade) => match ctx.admission.upgrade(ctx.config, &upgrade, self.peer) {
                 Err(rejection) => self.reject(rejection, ctx),
-                Ok(()) => {
+                Ok(admitted) => {
                     self.push_unbounded(SharedFrame::from(http::upgrade_response(&upgrade.accept_key)), ctx.now);
+                    if let Some(sub) = &admitted.sub {
+                        log::debug!("{}: token sub {sub:?}", self.peer);
+                    }
                     self.phase = Phase::Open {
                         decoder: FrameDecoder::default(),
                         last_heard: ctx.now,
                         ping_sent: false,
+                        may_publish: admitted.publish_mask != 0,
                         message_since: NEVER,
+                        expires_at: admitted.expires_in.map_or(NEVER, |ms| ctx.now.saturating_add(ms)),
                     };
                     if ctx.config.rate_limit_messages > 0 || ctx.config.rate_limit_bytes > 0 {
                         let (messages, bytes) = (ctx.config.rate_limit_messages, ctx.config.rate_limit_bytes);
@@ -329,7 +346,7 @@ impl Connection {
                         let bucket = RateLimit { messages: full(messages), bytes: full(bytes), refilled: ctx.now };
                         self.rate = Some(Box::new(bucket));
                     }
-                    Action::Subscribe(upgrade.topics)
+                    Action::Subscribe(upgrade.topics, admitted.publish_mask)
                 }
             },
             Request::Publish(head) => self.start_publish(head, since, ctx),
@@ -541,7 +558,10 @@ impl Connection {
                 }
             }
             Phase::Publishing => {}
-            Phase::Open { last_heard, ping_sent, message_since, .. } => {
+            Phase::Open { last_heard, ping_sent, message_since, expires_at, .. } => {
+                if now >= *expires_at {
+                    return self.fail(TOKEN_EXPIRED, ctx);
+                }
                 if *message_since != NEVER && now >= message_since.saturating_add(millis(config.message_timeout)) {
                     return self.fail(MESSAGE_TIMEOUT, ctx);
                 }
@@ -624,7 +644,7 @@ mod tests {
         let mut bytes = UPGRADE.to_vec();
         bytes.extend(masked(0x81, b"hi"));
         let actions = feed(&mut conn, &bytes, &ctx(&config, 0));
-        assert!(matches!(&actions[0], Action::Subscribe(t) if t[0].as_str() == "x"));
+        assert!(matches!(&actions[0], Action::Subscribe(t, _) if t[0].as_str() == "x"));
         assert!(matches!(&actions[1], Action::Broadcast(f) if &f[..] == b"\x81\x02hi"));
         assert!(String::from_utf8(sent(&mut conn)).unwrap().starts_with("HTTP/1.1 101 "));
     }
@@ -637,7 +657,7 @@ mod tests {
         for b in UPGRADE {
             actions.extend(feed(&mut conn, &[*b], &ctx(&config, 0)));
         }
-        assert_eq!(actions.iter().filter(|a| matches!(a, Action::Subscribe(_))).count(), 1);
+        assert_eq!(actions.iter().filter(|a| matches!(a, Action::Subscribe(..))).count(), 1);
         assert!(conn.is_open());
     }
 

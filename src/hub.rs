@@ -18,6 +18,7 @@ use log::debug;
 use slab::Slab;
 
 use crate::admission::Admission;
+use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::{Action, Connection, Context, Millis, Reason};
 use crate::frame::SharedFrame;
@@ -79,6 +80,7 @@ pub struct Hub<T> {
     peak_held: usize,
     /// Log lines of connection endings, rate-limited per reason.
     log_limit: LogLimiter,
+    verifies_tokens: bool,
 }
 
 impl<T: Transport> Hub<T> {
@@ -97,7 +99,25 @@ impl<T: Transport> Hub<T> {
             inbound: 0,
             peak_held: 0,
             log_limit: LogLimiter::default(),
+            verifies_tokens: false,
         }
+    }
+
+    /// Verifies `/ws` and publish tokens with these keys (JWT).
+    pub fn set_verifier(&mut self, verifier: Option<Verifier>) {
+        self.verifies_tokens = verifier.is_some();
+        self.admission.set_verifier(verifier);
+    }
+
+    /// Whether tokens are checked: the driver then keeps the wall clock.
+    pub fn verifies_tokens(&self) -> bool {
+        self.verifies_tokens
+    }
+
+    /// The wall-clock time token claims are judged by (seconds since the
+    /// epoch); `now` stays the monotonic clock for every deadline.
+    pub fn set_unix_now(&mut self, unix_now: u64) {
+        self.admission.set_unix_now(unix_now);
     }
 
     pub fn config(&self) -> &Config {
@@ -399,12 +419,12 @@ impl<T: Transport> Hub<T> {
     fn apply(&mut self, id: ClientId, action: Action, now: Millis) {
         match action {
             Action::Nothing => {}
-            Action::Subscribe(topics) => {
+            Action::Subscribe(topics, publish_mask) => {
                 if let Some(client) = self.clients.get_mut(id) {
                     client.subscribed = true;
                     self.admission.joined();
                     self.stats.upgrades += 1;
-                    self.subscriptions.subscribe(id, &topics);
+                    self.subscriptions.subscribe(id, &topics, publish_mask);
                     debug!("{}: upgraded, topics {topics:?}", client.conn.peer());
                 }
             }

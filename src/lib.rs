@@ -12,6 +12,7 @@
 //! [`PublishError`], [`Topic`] and [`Stats`].
 
 mod admission;
+mod auth;
 mod config;
 mod connection;
 mod frame;
@@ -43,6 +44,8 @@ pub use topic::{Topic, TopicError};
 #[doc(hidden)]
 pub mod testing {
     pub use crate::admission::Admission;
+    #[cfg(feature = "jwt")]
+    pub use crate::auth::parse_json;
     pub use crate::connection::{Action, Connection, Context, Millis, Reason};
     pub use crate::frame::{FrameDecoder, MessageKind, SharedFrame, encode_client, encode_message};
     pub use crate::http::{

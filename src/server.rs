@@ -14,12 +14,13 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::Millis;
 use crate::frame::{self, MessageKind};
@@ -43,6 +44,8 @@ const REFUSALS_PER_TURN: usize = 64;
 /// yet, so it can be moved to the thread that will run it.
 pub struct Server {
     config: Config,
+    /// JWT keys, loaded at bind so a bad key file stops startup.
+    verifier: Option<Verifier>,
     poll: Poll,
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -82,6 +85,7 @@ impl Server {
     /// Binds the listening socket and prepares the loop; nothing runs yet.
     pub fn bind(config: Config) -> io::Result<Server> {
         config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let verifier = Verifier::from_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(config.listen)?;
         let local_addr = listener.local_addr()?;
@@ -105,7 +109,7 @@ impl Server {
             None
         };
         let shared = Shared::new(waker, config.publisher_queue, config.max_message_size);
-        Ok(Server { config, poll, listener, local_addr, admin, signals, shared })
+        Ok(Server { config, verifier, poll, listener, local_addr, admin, signals, shared })
     }
 
     /// The address actually bound (useful with port 0).
@@ -129,13 +133,15 @@ impl Server {
         if let Some((_, admin)) = &self.admin {
             info!("admin routes (/publish, /healthz) on http://{admin}");
         }
+        let mut hub = Hub::new(self.config);
+        hub.set_verifier(self.verifier);
         let mut event_loop = EventLoop {
             poll: self.poll,
             listener: Some(self.listener),
             admin_listener: self.admin.map(|(listener, _)| listener),
             signals: self.signals,
             shared: self.shared,
-            hub: Hub::new(self.config),
+            hub,
             scratch: vec![0; SCRATCH_BYTES],
             read_again: Vec::new(),
             slots: Vec::new(),
@@ -184,6 +190,10 @@ impl EventLoop {
                 Err(e) => return Err(e),
             }
             self.now = self.started.elapsed().as_millis() as Millis;
+            if self.hub.verifies_tokens() {
+                let unix_now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                self.hub.set_unix_now(unix_now);
+            }
 
             for event in events.iter() {
                 match event.token() {

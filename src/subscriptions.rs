@@ -37,16 +37,22 @@ pub struct Subscriptions {
     memberships: Vec<Vec<Membership>>,
     /// Indexed by client id: the last broadcast that reached it.
     stamps: Vec<u64>,
+    /// Indexed by client id: bit `i` set when the client may publish to its
+    /// `i`-th topic (its token's `publish` grant; all bits without tokens).
+    publish_masks: Vec<u16>,
     broadcasts: u64,
 }
 
 impl Subscriptions {
-    /// Subscribes a new client to `topics` (already deduplicated).
-    pub fn subscribe(&mut self, client: ClientId, topics: &[Topic]) {
+    /// Subscribes a new client to `topics` (already deduplicated, at most
+    /// 16); its messages go to the topics whose bit is set in `publish_mask`.
+    pub fn subscribe(&mut self, client: ClientId, topics: &[Topic], publish_mask: u16) {
         if self.memberships.len() <= client {
             self.memberships.resize_with(client + 1, Vec::new);
             self.stamps.resize(client + 1, 0);
+            self.publish_masks.resize(client + 1, 0);
         }
+        self.publish_masks[client] = publish_mask;
         debug_assert!(self.memberships[client].is_empty(), "client {client} subscribed twice");
         let mut joined = Vec::with_capacity(topics.len());
         for topic in topics {
@@ -89,12 +95,15 @@ impl Subscriptions {
     }
 
     /// Calls `deliver` once for every client subscribed to any topic of
-    /// `sender`, the sender included.
+    /// `sender` that it may publish to, the sender included.
     pub fn for_each_peer(&mut self, sender: ClientId, mut deliver: impl FnMut(ClientId)) {
         let Some(joined) = self.memberships.get(sender) else {
             return;
         };
-        if let [only] = joined[..] {
+        let mask = self.publish_masks[sender];
+        if let [only] = joined[..]
+            && mask & 1 != 0
+        {
             for &client in &self.topics[only.topic as usize].subscribers {
                 deliver(client as ClientId);
             }
@@ -102,7 +111,10 @@ impl Subscriptions {
         }
         self.broadcasts += 1;
         let stamp = self.broadcasts;
-        for membership in joined {
+        for (i, membership) in joined.iter().enumerate() {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
             for &client in &self.topics[membership.topic as usize].subscribers {
                 let seen = &mut self.stamps[client as usize];
                 if *seen != stamp {
@@ -135,6 +147,8 @@ impl Subscriptions {
 mod tests {
     use super::*;
 
+    const ALL: u16 = u16::MAX;
+
     fn topics(names: &[&str]) -> Vec<Topic> {
         names.iter().map(|n| Topic::new(n).unwrap()).collect()
     }
@@ -149,10 +163,10 @@ mod tests {
     #[test]
     fn delivery_is_by_topic_and_exactly_once() {
         let mut hub = Subscriptions::default();
-        hub.subscribe(0, &topics(&["a"]));
-        hub.subscribe(1, &topics(&["b"]));
-        hub.subscribe(2, &topics(&["a", "b"]));
-        hub.subscribe(3, &topics(&["c"]));
+        hub.subscribe(0, &topics(&["a"]), ALL);
+        hub.subscribe(1, &topics(&["b"]), ALL);
+        hub.subscribe(2, &topics(&["a", "b"]), ALL);
+        hub.subscribe(3, &topics(&["c"]), ALL);
         assert_eq!(peers(&mut hub, 0), [0, 2]);
         assert_eq!(peers(&mut hub, 1), [1, 2]);
         assert_eq!(peers(&mut hub, 2), [0, 1, 2]);
@@ -164,17 +178,30 @@ mod tests {
     }
 
     #[test]
+    fn messages_go_only_to_granted_topics() {
+        let mut hub = Subscriptions::default();
+        hub.subscribe(0, &topics(&["a", "b", "c"]), 0b101); // may publish to a and c
+        hub.subscribe(1, &topics(&["a"]), ALL);
+        hub.subscribe(2, &topics(&["b"]), ALL);
+        hub.subscribe(3, &topics(&["c", "b"]), ALL);
+        hub.subscribe(4, &topics(&["b"]), 0);
+        assert_eq!(peers(&mut hub, 0), [0, 1, 3], "b's only subscriber is skipped");
+        assert_eq!(peers(&mut hub, 4), Vec::<ClientId>::new());
+        assert_eq!(peers(&mut hub, 2), [0, 2, 3, 4], "receiving needs no publish grant");
+    }
+
+    #[test]
     fn leaving_keeps_the_others_reachable() {
         let mut hub = Subscriptions::default();
         for id in 0..10 {
-            hub.subscribe(id, &topics(&["a", "b"]));
+            hub.subscribe(id, &topics(&["a", "b"]), ALL);
         }
         for id in [0, 5, 9, 3] {
             hub.unsubscribe(id);
         }
         assert_eq!(peers(&mut hub, 1), [1, 2, 4, 6, 7, 8]);
         // a slot can be reused by a new client
-        hub.subscribe(5, &topics(&["b"]));
+        hub.subscribe(5, &topics(&["b"]), ALL);
         assert_eq!(peers(&mut hub, 5), [1, 2, 4, 5, 6, 7, 8]);
         for id in [1, 2, 4, 5, 6, 7, 8] {
             hub.unsubscribe(id);
