@@ -45,7 +45,7 @@ pub use topic::{Topic, TopicError};
 pub mod testing {
     pub use crate::admission::Admission;
     #[cfg(feature = "jwt")]
-    pub use crate::auth::parse_json;
+    pub use crate::auth::{Verifier, parse_json};
     pub use crate::connection::{Action, Connection, Context, Millis, Reason};
     pub use crate::frame::{FrameDecoder, MessageKind, SharedFrame, encode_client, encode_message};
     pub use crate::http::{

@@ -80,6 +80,17 @@ impl Verifier {
         }))
     }
 
+    /// A verifier for HS256 tokens with `secret` (for fuzzing and tests).
+    pub fn from_secret(secret: &[u8]) -> Verifier {
+        Verifier {
+            hmac: Some(hmac::Key::new(hmac::HMAC_SHA256, secret)),
+            public: Vec::new(),
+            issuer: None,
+            audience: None,
+            leeway: 30,
+        }
+    }
+
     /// Checks a compact JWS token's signature, then its claims, at
     /// `unix_now` (seconds since the epoch).
     pub fn verify(&self, token: &str, unix_now: u64) -> Result<Claims, Refusal> {
@@ -341,13 +352,7 @@ pub(crate) mod tests {
     }
 
     fn verifier() -> Verifier {
-        Verifier {
-            hmac: Some(hmac::Key::new(hmac::HMAC_SHA256, SECRET)),
-            public: Vec::new(),
-            issuer: None,
-            audience: None,
-            leeway: 30,
-        }
+        Verifier::from_secret(SECRET)
     }
 
     const NOW: u64 = 1_800_000_000;
