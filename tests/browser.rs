@@ -1,0 +1,209 @@
+//! A real browser against the hub: headless Chromium loads a page from an
+//! allowed origin that connects with a token and receives a publish; the same
+//! page served from another origin is refused at the upgrade.
+//!
+//! Needs `/usr/bin/chromium` (Debian's `chromium`; `.ci/run` installs it).
+//! Set `WSHUB_SKIP_BROWSER=1` to skip on a machine without it.
+#![cfg(feature = "jwt")]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use common::*;
+use ring::hmac;
+use wshub::{Config, OriginPolicy};
+
+const SECRET: &str = "a browser-test secret of at least 32 bytes";
+
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn hs256(claims: &str) -> String {
+    let input = format!("{}.{}", b64url(br#"{"alg":"HS256","typ":"JWT"}"#), b64url(claims.as_bytes()));
+    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+    format!("{input}.{}", b64url(hmac::sign(&key, input.as_bytes()).as_ref()))
+}
+
+/// The page: connects to the hub and reports every event back to the server
+/// it came from, so the test sees what the page saw.
+fn page(hub: SocketAddr, token: &str) -> String {
+    format!(
+        r#"<!doctype html><meta charset="utf-8"><title>wshub browser test</title>
+<script>
+function report(what) {{ fetch("/report?" + encodeURIComponent(what)); }}
+const ws = new WebSocket("ws://{hub}/ws?topic=news&token={token}");
+ws.onopen = () => report("open");
+ws.onmessage = (e) => report("message:" + e.data);
+ws.onclose = (e) => report("close:" + e.code);
+</script>"#
+    )
+}
+
+/// The page's HTML, filled in once the hub's address is known.
+type Html = Arc<Mutex<String>>;
+
+/// Serves the page on a port of its own (its own origin) and forwards the
+/// page's reports.
+fn serve_page(html: Html, reports: Sender<String>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let html = html.lock().unwrap().clone();
+            if !answer(stream, &html, &reports) {
+                return;
+            }
+        }
+    });
+    addr
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Headless Chromium on `url`, with a profile of its own; killed on drop.
+struct Browser {
+    child: Child,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    fn open(url: &str, name: &str) -> Browser {
+        let profile = std::env::temp_dir().join(format!("wshub-chromium-{}-{name}", std::process::id()));
+        let child = Command::new("/usr/bin/chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                &format!("--user-data-dir={}", profile.display()),
+                url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromium");
+        Browser { child, profile }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// The next report from the page, within `PATIENCE` (a cold Chromium start
+/// on a loaded machine takes seconds).
+fn next_report(reports: &Receiver<String>) -> String {
+    reports.recv_timeout(PATIENCE).expect("the page reported nothing in time")
+}
+
+fn browser_available() -> bool {
+    if std::path::Path::new("/usr/bin/chromium").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("WSHUB_SKIP_BROWSER").is_some(),
+        "browser tests need /usr/bin/chromium (apt-get install chromium), or WSHUB_SKIP_BROWSER=1 to skip them"
+    );
+    false
+}
+
+#[test]
+fn a_page_from_an_allowed_origin_connects_with_a_token_and_another_origin_is_refused() {
+    if !browser_available() {
+        return;
+    }
+    let (allowed_tx, allowed_reports) = channel();
+    let (other_tx, other_reports) = channel();
+    let token = hs256(r#"{"sub":"browser","subscribe":["news"]}"#);
+    let secret = std::env::temp_dir().join(format!("wshub-browser-secret-{}", std::process::id()));
+    std::fs::write(&secret, SECRET).unwrap();
+
+    // The hub's policy names the allowed page's origin, and the page names
+    // the hub: serve first, fill the HTML in once the hub is up.
+    let (allowed_html, other_html) = (Html::default(), Html::default());
+    let allowed = serve_page(allowed_html.clone(), allowed_tx);
+    let other = serve_page(other_html.clone(), other_tx);
+    let policy = OriginPolicy::parse(&format!("http://{allowed}")).unwrap();
+    let hub =
+        Hub::start(Config { jwt_secret_file: Some(secret.clone()), allowed_origins: policy, ..Config::default() });
+    *allowed_html.lock().unwrap() = page(hub.addr, &token);
+    *other_html.lock().unwrap() = page(hub.addr, &token);
+
+    let started = Instant::now();
+    let _browser = Browser::open(&format!("http://{allowed}/"), "allowed");
+    assert_eq!(next_report(&allowed_reports), "open", "the allowed page connects");
+    hub.publisher.publish("news", "hello, browser").unwrap();
+    assert_eq!(next_report(&allowed_reports), "message:hello, browser");
+    eprintln!("allowed origin: connected and received in {:?}", started.elapsed());
+
+    let _refused = Browser::open(&format!("http://{other}/"), "other");
+    // A refused upgrade is an abnormal closure (1006) for the page.
+    assert_eq!(next_report(&other_reports), "close:1006", "the other origin is refused");
+    let _ = std::fs::remove_file(&secret);
+}
+
+/// Answers one request of the allowed page's server; false when the test
+/// is over.
+fn answer(mut stream: TcpStream, html: &str, reports: &Sender<String>) -> bool {
+    let mut line = String::new();
+    if BufReader::new(&stream).read_line(&mut line).is_err() {
+        return true;
+    }
+    let path = line.split(' ').nth(1).unwrap_or("/").to_string();
+    let body = match path.strip_prefix("/report?") {
+        Some(report) => {
+            if reports.send(percent_decode(report)).is_err() {
+                return false;
+            }
+            ""
+        }
+        None if path == "/" => html,
+        None => "",
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    true
+}
