@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """wshub vs the tokio hub, fan-out and memory, in one run.
 
-    python3 benches/fanout.py [--quick] [--extra NAME=PATH ...] [--no-idle]
+    python3 benches/fanout.py [--quick] [--extra NAME=PATH ...] [--no-idle] [--auth]
 
 Builds wshub, benches/tokio-hub and benches/loadgen in release, then runs
 each scenario against each server, alternating servers within every
@@ -9,7 +9,9 @@ repetition (so drift on a shared machine hits all alike) and reporting
 medians, with the server pinned to core 0 and the load generator to core 1.
 Prints Markdown tables. `--extra NAME=PATH` adds another wshub binary (an
 older build, a variant) to every wshub row, for before/after comparisons in
-one run. Loopback only; every process it starts is stopped by PID. About
+one run. `--auth` adds a `wshub-jwt` column: the same binary with an HS256
+key, every client upgrading with a token (verification costs only at the
+upgrade; the table shows the fan-out does not notice). Loopback only; every process it starts is stopped by PID. About
 4.5 minutes (--quick: about 1; each --extra adds about half).
 """
 import json
@@ -20,12 +22,19 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tokens  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 QUICK = "--quick" in sys.argv
 NO_IDLE = "--no-idle" in sys.argv
+AUTH = "--auth" in sys.argv
+# The request target each server's clients upgrade with.
+PATHS = {}
 EXTRA = [a.split("=", 1) for i, a in enumerate(sys.argv) if i > 0 and sys.argv[i - 1] == "--extra"]
 REPEAT = 1 if QUICK else 3
 DURATION = "2" if QUICK else "3"
@@ -79,7 +88,7 @@ def loadgen(server, args):
     try:
         out = subprocess.run(
             ["taskset", "-c", "1", os.path.join(REL, "loadgen"), "--addr", f"127.0.0.1:{port}",
-             "--pid", str(proc.pid)] + args,
+             "--pid", str(proc.pid)] + args + (["--path", PATHS[server]] if server in PATHS else []),
             capture_output=True, text=True, timeout=300)
     finally:
         stop(proc)
@@ -110,6 +119,12 @@ def main():
     for name, path in EXTRA:
         SERVERS[name] = [os.path.abspath(path)] + SERVERS["wshub"][1:]
         WSHUB_VARIANTS.append(name)
+    if AUTH:
+        keys = tokens.make_keys(tempfile.mkdtemp(prefix="wshub-fanout-"))
+        SERVERS["wshub-jwt"] = SERVERS["wshub"] + ["--jwt-secret-file", keys["secret"]]
+        claims = {"sub": "bench", "subscribe": ["*"], "publish": ["*"], "exp": int(time.time()) + 86400}
+        PATHS["wshub-jwt"] = "/ws?token=" + tokens.hs256(tokens.secret_of(keys), claims)
+        WSHUB_VARIANTS.append("wshub-jwt")
     print("building (release)...", file=sys.stderr)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "wshub", "-p", "tokio-hub", "-p", "loadgen"],
                    cwd=ROOT, check=True)

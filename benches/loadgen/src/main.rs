@@ -9,7 +9,7 @@
 //!
 //!   loadgen --addr 127.0.0.1:8080 --pid PID --clients N
 //!           [--size BYTES] [--mode closed|rate|idle] [--window W] [--rate MSGS_PER_S]
-//!           [--warmup SECS] [--duration SECS] [--sources K]
+//!           [--warmup SECS] [--duration SECS] [--sources K] [--path /ws?token=...]
 //!
 //! closed: at most W messages in flight (a message is done when all N clients
 //! have it). rate: a fixed number of messages per second. idle: connect, wait,
@@ -38,6 +38,8 @@ struct Options {
     warmup: f64,
     duration: f64,
     sources: u8,
+    /// The upgrade's request target (a token in the query, for auth runs).
+    path: String,
 }
 
 fn parse_options() -> Options {
@@ -52,6 +54,7 @@ fn parse_options() -> Options {
         warmup: 1.0,
         duration: 5.0,
         sources: 4,
+        path: "/ws".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -67,6 +70,7 @@ fn parse_options() -> Options {
             "--warmup" => o.warmup = parsed(&arg, &value),
             "--duration" => o.duration = parsed(&arg, &value),
             "--sources" => o.sources = parsed(&arg, &value),
+            "--path" => o.path = value,
             _ => fail(&format!("unknown argument {arg}")),
         }
     }
@@ -146,9 +150,9 @@ fn connect(addr: SocketAddr, source: u8) -> io::Result<TcpStream> {
     Ok(TcpStream::from_std(socket.into()))
 }
 
-fn upgrade_request(addr: SocketAddr) -> Vec<u8> {
+fn upgrade_request(addr: SocketAddr, path: &str) -> Vec<u8> {
     format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
 }
@@ -208,7 +212,7 @@ fn main() {
     let mut events = Events::with_capacity(4096);
     let mut conns: Vec<Conn> = Vec::with_capacity(o.clients);
     let rss_before = rss_kib(o.pid);
-    let request = upgrade_request(o.addr);
+    let request = upgrade_request(o.addr, &o.path);
     let clock = Instant::now();
     let now_ns = || clock.elapsed().as_nanos() as u64;
 
