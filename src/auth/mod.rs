@@ -106,4 +106,12 @@ mod tests {
         }
         assert!(Grant::new(std::iter::repeat_n("a", MAX_PATTERNS + 1)).is_err());
     }
+
+    #[cfg(not(feature = "jwt"))]
+    #[test]
+    fn without_the_feature_key_flags_stop_startup() {
+        let config = crate::config::Config { jwt_secret_file: Some("k".into()), ..Default::default() };
+        assert!(Verifier::from_config(&config).unwrap_err().contains("without the `jwt` feature"));
+        assert!(Verifier::from_config(&crate::config::Config::default()).unwrap().is_none());
+    }
 }
