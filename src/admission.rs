@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::auth::{Claims, Verifier};
+use crate::auth::{Claims, Grant, Verifier};
 use crate::config::Config;
 use crate::http::{Credentials, PublishHead, Rejection, Request, Upgrade};
 
@@ -177,7 +177,27 @@ impl Admission {
     /// otherwise); with neither, only loopback peers, and not from a browser
     /// (a page can POST to localhost): 403.
     pub fn publish(&self, config: &Config, head: &PublishHead, peer: SocketAddr) -> Result<(), Rejection> {
-        let credentials = &head.credentials;
+        // A bad topic name is answered 400 after admission.
+        let covers = |grant: &Grant| head.topic.as_ref().is_ok_and(|t| grant.covers(t.as_str())) || head.topic.is_err();
+        self.admin_route(config, &head.credentials, peer, covers)
+    }
+
+    /// May this request read `/metrics`? The rule of `/publish`, where a
+    /// token's grant must be `*` (it may publish anywhere).
+    pub fn metrics(&self, config: &Config, credentials: &Credentials, peer: SocketAddr) -> Result<(), Rejection> {
+        self.admin_route(config, credentials, peer, Grant::covers_all)
+    }
+
+    /// The access rule of the admin routes: Origin policy, then the
+    /// configured credentials (a JWT's publish grant judged by `granted`),
+    /// else loopback without `Origin`.
+    fn admin_route(
+        &self,
+        config: &Config,
+        credentials: &Credentials,
+        peer: SocketAddr,
+        granted: impl Fn(&Grant) -> bool,
+    ) -> Result<(), Rejection> {
         let origin = credentials.origin.as_deref();
         if let Some(origin) = origin
             && !config.allowed_origins.allows(origin, &credentials.host)
@@ -191,32 +211,34 @@ impl Admission {
             }
         }
         match self.claims(credentials) {
-            // A bad topic name is answered 400 after admission.
-            Some(Ok(claims)) if head.topic.as_ref().is_ok_and(|t| !claims.publish.covers(t.as_str())) => {
-                Err(Rejection::new(401, "the token's publish grant does not cover the topic"))
-            }
-            Some(Ok(_)) => Ok(()),
+            Some(Ok(claims)) if granted(&claims.publish) => Ok(()),
+            Some(Ok(_)) => Err(Rejection::new(401, "the token's publish grant does not cover this")),
             Some(Err(_)) | None if config.publish_token.is_some() => {
-                Err(Rejection::new(401, "publish needs the right bearer token"))
+                Err(Rejection::new(401, "needs the right bearer token"))
             }
             Some(Err(rejection)) => Err(rejection),
             None if origin.is_some() => {
-                Err(Rejection::new(403, "without --publish-token a browser page may not publish"))
+                Err(Rejection::new(403, "without credentials configured a browser page may not"))
             }
             None if peer.ip().is_loopback() => Ok(()),
-            None => Err(Rejection::new(403, "without --publish-token only loopback peers may publish")),
+            None => Err(Rejection::new(403, "without credentials configured only loopback peers may")),
         }
     }
 
-    /// Is this route served on this listener? With `--admin-listen`, the
-    /// admin routes (`/publish`, `/healthz`) live only on the admin
-    /// listener and `/ws` only on the public one; elsewhere they are 404.
+    /// Is this route served on this listener? The demo page only with
+    /// `--demo`. With `--admin-listen`, the admin routes (`/publish`,
+    /// `/healthz`, `/metrics`) live only on the admin listener and `/ws`
+    /// and the demo page only on the public one; elsewhere they are 404.
     pub fn serves(&self, config: &Config, request: &Request, on_admin_listener: bool) -> Result<(), Rejection> {
+        const NOT_FOUND: Rejection = Rejection::new(404, "unknown path");
+        if matches!(request, Request::Demo) && !config.demo {
+            return Err(NOT_FOUND);
+        }
         if config.admin_listen.is_none() {
             return Ok(());
         }
-        let admin_route = !matches!(request, Request::Upgrade(_));
-        if admin_route == on_admin_listener { Ok(()) } else { Err(Rejection::new(404, "unknown path")) }
+        let admin_route = !matches!(request, Request::Upgrade(_) | Request::Demo);
+        if admin_route == on_admin_listener { Ok(()) } else { Err(NOT_FOUND) }
     }
 
     /// A client was upgraded (counts against `--max-connections`).

@@ -46,6 +46,8 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     /// Clock skew allowed for `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// Serve the demo page at `GET /`.
+    pub demo: bool,
     /// Bound on all bytes held for clients (queued frames, counted once
     /// however many queues share them, and partly received requests and
     /// messages); over it, the clients holding the most are dropped (1013).
@@ -91,6 +93,7 @@ impl Default for Config {
             jwt_issuer: None,
             jwt_audience: None,
             jwt_leeway: Duration::from_secs(30),
+            demo: false,
             max_buffered_bytes: 64 * 1024 * 1024,
             message_timeout: Duration::from_secs(10),
             max_connections_per_ip: 128,
@@ -169,6 +172,7 @@ const FLAGS: &[Flag] = &[
     Flag { name: "jwt-issuer", value: "ISS", help: "required iss claim [unset]" },
     Flag { name: "jwt-audience", value: "AUD", help: "required aud claim [unset]" },
     Flag { name: "jwt-leeway", value: "SECS", help: "clock skew allowed for exp and nbf [30]" },
+    Flag { name: "demo", value: "", help: "serve a small page at GET / to try the hub from a browser" },
     Flag { name: "log-level", value: "LEVEL", help: "error, warn, info, debug or trace [info] (also RUST_LOG)" },
 ];
 
@@ -295,6 +299,7 @@ impl Config {
             "shutdown-timeout" => self.shutdown_timeout = seconds(value)?,
             "no-echo" => self.no_echo = switch(value)?,
             "no-client-publish" => self.no_client_publish = switch(value)?,
+            "demo" => self.demo = switch(value)?,
             "allowed-origins" => self.allowed_origins = OriginPolicy::parse(value)?,
             "publish-token" if value.is_empty() => return Err("must not be empty".into()),
             "publish-token" => self.publish_token = Some(value.to_string()),

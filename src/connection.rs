@@ -47,6 +47,8 @@ const MESSAGE_TIMEOUT: ProtocolError =
 
 /// "No time": no message is partly received.
 const NEVER: Millis = Millis::MAX;
+/// The page `--demo` serves at `GET /`: one self-contained file.
+const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// How long a closing connection waits for the peer to close its side.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -63,6 +65,8 @@ pub enum Action {
     Broadcast(SharedFrame),
     /// An HTTP publish: deliver, then report with [`Connection::published`].
     Publish(Topic, SharedFrame),
+    /// `/metrics` was asked for: answer with [`Connection::answer`].
+    Metrics,
     /// The connection is ending for this reason; its last bytes are queued.
     Closing(Reason),
     /// Nothing more to send or wait for: drop the connection now.
@@ -86,7 +90,8 @@ enum Phase {
     Request { buf: Vec<u8>, scanned: usize, since: Millis },
     /// Reading the body of a publish request.
     PublishBody { topic: Topic, octet_stream: bool, body: Vec<u8>, expected: usize, since: Millis },
-    /// An HTTP publish is being delivered by the hub.
+    /// The hub is answering an HTTP request (a publish being delivered,
+    /// metrics being written).
     Publishing,
     /// An open WebSocket client. `message_since`: when the message (or
     /// frame) now partly received began, for `--message-timeout` (`NEVER`
@@ -324,6 +329,17 @@ impl Connection {
                 self.send_last(SharedFrame::from(answer(200, "text/plain", "ok\n")), ctx.now);
                 Action::Closing(Reason::HttpDone)
             }
+            Request::Demo => {
+                self.send_last(SharedFrame::from(http::response(200, "text/html; charset=utf-8", DEMO_PAGE)), ctx.now);
+                Action::Closing(Reason::HttpDone)
+            }
+            Request::Metrics(credentials) => match ctx.admission.metrics(ctx.config, &credentials, self.peer) {
+                Err(rejection) => self.reject(rejection, ctx),
+                Ok(()) => {
+                    self.phase = Phase::Publishing;
+                    Action::Metrics
+                }
+            },
             Request::Upgrade(upgrade) => match ctx.admission.upgrade(ctx.config, &upgrade, self.peer) {
                 Err(rejection) => self.reject(rejection, ctx),
                 Ok(admitted) => {
@@ -391,6 +407,12 @@ impl Connection {
         let kind =
             if !octet_stream && std::str::from_utf8(&body).is_ok() { MessageKind::Text } else { MessageKind::Binary };
         Action::Publish(topic, frame::encode_message(kind, &body))
+    }
+
+    /// Sends the answer the hub produced for this request (`/metrics`); the
+    /// connection closes after it.
+    pub fn answer(&mut self, response: Vec<u8>, now: Millis) {
+        self.send_last(SharedFrame::from(response), now);
     }
 
     /// The hub delivered this connection's publish to `receivers` clients.

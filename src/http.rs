@@ -24,6 +24,10 @@ pub enum Request {
     Health { head_only: bool },
     /// `POST /publish/<topic>`, body not read yet.
     Publish(PublishHead),
+    /// `GET /metrics`, with what the admission step judges it by.
+    Metrics(Credentials),
+    /// `GET /`: the demo page (served only with `--demo`).
+    Demo,
 }
 
 /// What an upgrade request said: the handshake, and everything the admission
@@ -161,6 +165,10 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Rejection> 
         "/ws" => return Err(not_allowed("WebSocket upgrade must be GET", "GET")),
         "/healthz" if method == "GET" || method == "HEAD" => Request::Health { head_only: method == "HEAD" },
         "/healthz" => return Err(not_allowed("health check is GET or HEAD", "GET, HEAD")),
+        "/metrics" if method == "GET" => Request::Metrics(headers.credentials(host)?),
+        "/metrics" => return Err(not_allowed("metrics are GET", "GET")),
+        "/" if method == "GET" => Request::Demo,
+        "/" => return Err(not_allowed("the demo page is GET", "GET")),
         _ => match path.strip_prefix("/publish/") {
             Some(topic) if method == "POST" => Request::Publish(publish(&headers, topic, host)?),
             Some(_) => return Err(not_allowed("publish is POST", "POST")),

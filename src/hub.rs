@@ -22,6 +22,9 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::{Action, Connection, Context, Millis, Reason};
 use crate::frame::SharedFrame;
+use crate::http;
+use crate::metrics::{self, Extras};
+use crate::process::ProcessMetrics;
 use crate::reason::LogLimiter;
 use crate::stats::Stats;
 use crate::subscriptions::Subscriptions;
@@ -81,6 +84,7 @@ pub struct Hub<T> {
     /// Log lines of connection endings, rate-limited per reason.
     log_limit: LogLimiter,
     verifies_tokens: bool,
+    process_probe: Option<fn() -> Option<ProcessMetrics>>,
 }
 
 impl<T: Transport> Hub<T> {
@@ -100,6 +104,7 @@ impl<T: Transport> Hub<T> {
             peak_held: 0,
             log_limit: LogLimiter::default(),
             verifies_tokens: false,
+            process_probe: None,
         }
     }
 
@@ -112,6 +117,12 @@ impl<T: Transport> Hub<T> {
     /// Whether tokens are checked: the driver then keeps the wall clock.
     pub fn verifies_tokens(&self) -> bool {
         self.verifies_tokens
+    }
+
+    /// Where `/metrics` gets the process figures (`process_*`): the driver
+    /// passes [`crate::process::sample`]; without a probe they are left out.
+    pub fn set_process_probe(&mut self, probe: fn() -> Option<ProcessMetrics>) {
+        self.process_probe = Some(probe);
     }
 
     /// The wall-clock time token claims are judged by (seconds since the
@@ -432,13 +443,26 @@ impl<T: Transport> Hub<T> {
                 self.stats.messages_in += 1;
                 self.broadcast_from(id, frame, now);
             }
+            Action::Metrics => {
+                let extras = Extras {
+                    buffered_bytes_limit: self.config.max_buffered_bytes as u64,
+                    dropped_log_lines: crate::logger::dropped_log_lines(),
+                    process: self.process_probe.and_then(|probe| probe()),
+                };
+                let text = metrics::render(&self.stats(), &extras);
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.answer(http::response(200, metrics::CONTENT_TYPE, &text), now);
+                }
+                self.apply(id, Action::Closing(Reason::HttpDone), now);
+            }
             Action::Publish(topic, frame) => {
+                self.stats.http_publishes += 1;
                 let receivers = self.publish(&topic, frame, now);
                 if let Some(client) = self.clients.get_mut(id) {
                     client.conn.published(receivers, now);
                     debug!("{}: published to {topic} ({receivers} receivers)", client.conn.peer());
                 }
-                self.mark_dirty(id);
+                self.apply(id, Action::Closing(Reason::HttpDone), now);
             }
             Action::Closing(reason) => {
                 self.end(id, reason, now);

@@ -135,6 +135,7 @@ impl Server {
         }
         let mut hub = Hub::new(self.config);
         hub.set_verifier(self.verifier);
+        hub.set_process_probe(crate::process::sample);
         let mut event_loop = EventLoop {
             poll: self.poll,
             listener: Some(self.listener),

@@ -31,6 +31,8 @@ pub struct Stats {
     pub messages_in: u64,
     /// Messages published over HTTP or by a `Publisher` (counter).
     pub published: u64,
+    /// HTTP publish requests delivered (counter).
+    pub http_publishes: u64,
     /// Frames queued to receivers by broadcasts and publishes (counter).
     pub deliveries: u64,
     /// Bytes read from and written to connections (counters).

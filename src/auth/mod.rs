@@ -62,6 +62,11 @@ impl Grant {
         Ok(Grant(out))
     }
 
+    /// Does the grant hold `*` (every topic)?
+    pub fn covers_all(&self) -> bool {
+        self.0.iter().any(|p| matches!(p, Pattern::Prefix(prefix) if prefix.is_empty()))
+    }
+
     pub fn covers(&self, topic: &str) -> bool {
         self.0.iter().any(|p| match p {
             Pattern::Exact(name) => **name == *topic,
@@ -100,6 +105,7 @@ mod tests {
         assert!(grant.covers("news") && !grant.covers("news2") && !grant.covers("new"));
         assert!(grant.covers("sensors.t1") && grant.covers("sensors.") && !grant.covers("sensors"));
         assert!(Grant::new(["*"]).unwrap().covers("anything"));
+        assert!(Grant::new(["a", "*"]).unwrap().covers_all() && !grant.covers_all());
         assert!(!Grant::default().covers("a"), "an absent claim grants nothing");
         for bad in ["", "a*b", "**", "*a"] {
             assert!(Grant::new([bad]).is_err(), "{bad}");

@@ -1,0 +1,193 @@
+//! `GET /metrics`: the hub's counters in the Prometheus text exposition
+//! format, version 0.0.4.
+//!
+//! Nothing here runs per message: the loop bumps plain integers
+//! (`stats.rs`), and this module turns a snapshot into text when a scraper
+//! asks. Names and units follow Prometheus' conventions: a `wshub_` prefix,
+//! `_total` on counters, `_bytes` and `_seconds` in base units.
+
+use std::fmt::Write as _;
+
+use crate::process::ProcessMetrics;
+use crate::reason::Exit;
+use crate::stats::{REJECTION_STATUSES, Stats};
+
+/// The `Content-Type` of the exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What a scrape shows besides the hub's own counters.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// `--max-buffered-bytes`, the bound `held_bytes` is held under.
+    pub buffered_bytes_limit: u64,
+    /// Log lines the non-blocking logger had to drop.
+    pub dropped_log_lines: u64,
+    /// `/proc/self` figures, when the platform has them.
+    pub process: Option<ProcessMetrics>,
+}
+
+/// The exposition text for `stats` and `extras`.
+pub fn render(stats: &Stats, extras: &Extras) -> String {
+    let mut out = Text(String::with_capacity(6 * 1024));
+    out.family("wshub_connections", "gauge", "Connections now, by state.");
+    for (state, value) in [("open", stats.open), ("pending", stats.pending), ("closing", stats.closing)] {
+        out.sample("wshub_connections", &[("state", state)], value);
+    }
+    out.counter("wshub_connections_accepted_total", "TCP connections accepted.", stats.accepted);
+    out.counter("wshub_upgrades_total", "WebSocket upgrades completed.", stats.upgrades);
+
+    out.family("wshub_http_rejections_total", "counter", "Requests refused, by HTTP status.");
+    for (i, status) in REJECTION_STATUSES.iter().enumerate() {
+        out.sample("wshub_http_rejections_total", &[("status", status_label(*status))], stats.rejected[i]);
+    }
+
+    out.family(
+        "wshub_disconnects_total",
+        "counter",
+        "Connections ended, by reason; code is the close code the hub sent, where it sent one.",
+    );
+    for exit in Exit::ALL {
+        let value = stats.exited(exit);
+        match close_code(exit) {
+            Some(code) => out.sample("wshub_disconnects_total", &[("reason", exit.label()), ("code", code)], value),
+            None => out.sample("wshub_disconnects_total", &[("reason", exit.label())], value),
+        }
+    }
+
+    out.counter("wshub_messages_received_total", "Data messages received from WebSocket clients.", stats.messages_in);
+    out.counter(
+        "wshub_messages_published_total",
+        "Messages published by the application (HTTP publish and Publisher).",
+        stats.published,
+    );
+    out.counter("wshub_http_publishes_total", "HTTP publish requests delivered.", stats.http_publishes);
+    out.counter("wshub_deliveries_total", "Frames queued to receivers.", stats.deliveries);
+    out.counter("wshub_received_bytes_total", "Bytes read from connections.", stats.bytes_in);
+    out.counter("wshub_sent_bytes_total", "Bytes written to connections.", stats.bytes_out);
+    out.gauge("wshub_queued_bytes", "Bytes waiting in send queues.", stats.queued_bytes);
+    out.gauge(
+        "wshub_held_bytes",
+        "Bytes held for clients as --max-buffered-bytes counts them (shared frames once, unfinished input).",
+        stats.held_bytes,
+    );
+    out.gauge("wshub_held_bytes_limit", "The --max-buffered-bytes bound.", extras.buffered_bytes_limit);
+    out.gauge("wshub_topics", "Topics with at least one subscriber.", stats.topics);
+    out.counter(
+        "wshub_log_lines_dropped_total",
+        "Log lines dropped because stderr was not writable.",
+        extras.dropped_log_lines,
+    );
+    out.family("wshub_build_info", "gauge", "The wshub version, as a label.");
+    out.sample("wshub_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+
+    if let Some(p) = &extras.process {
+        out.gauge("process_resident_memory_bytes", "Resident memory size in bytes.", p.resident_bytes);
+        out.gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", p.virtual_bytes);
+        out.family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+        out.float("process_cpu_seconds_total", p.cpu_seconds);
+        out.gauge("process_open_fds", "Number of open file descriptors.", p.open_fds);
+        out.gauge("process_max_fds", "Maximum number of open file descriptors.", p.max_fds);
+        out.family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.");
+        out.float("process_start_time_seconds", p.start_time_seconds);
+    }
+    out.0
+}
+
+/// The close code the hub sends for an exit, where it sends one.
+fn close_code(exit: Exit) -> Option<&'static str> {
+    match exit {
+        Exit::ProtocolError => Some("1002"),
+        Exit::InvalidUtf8 => Some("1007"),
+        Exit::Policy => Some("1008"),
+        Exit::MessageTooBig => Some("1009"),
+        Exit::SlowConsumer | Exit::OverBudget => Some("1013"),
+        Exit::ShuttingDown => Some("1001"),
+        _ => None,
+    }
+}
+
+/// The label of a rejection status (the last slot counts all others).
+fn status_label(status: u16) -> &'static str {
+    match status {
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        411 => "411",
+        413 => "413",
+        426 => "426",
+        431 => "431",
+        500 => "500",
+        503 => "503",
+        _ => "other",
+    }
+}
+
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = write!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.0.push_str(name);
+        for (i, (key, val)) in labels.iter().enumerate() {
+            // Label values here are fixed words and digits: nothing to escape.
+            let _ = write!(self.0, "{}{key}=\"{val}\"", if i == 0 { '{' } else { ',' });
+        }
+        if !labels.is_empty() {
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "counter", help);
+        self.sample(name, &[], value);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: u64) {
+        self.family(name, "gauge", help);
+        self.sample(name, &[], value);
+    }
+
+    fn float(&mut self, name: &str, value: f64) {
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_and_type_and_samples_follow() {
+        let mut stats = Stats { open: 3, accepted: 7, ..Stats::default() };
+        stats.count_rejection(401);
+        stats.count_exit(Exit::SlowConsumer);
+        let process = ProcessMetrics { cpu_seconds: 1.5, start_time_seconds: 1.8e9, ..ProcessMetrics::default() };
+        let text = render(&stats, &Extras { process: Some(process), ..Extras::default() });
+        assert!(text.contains("wshub_connections{state=\"open\"} 3\n"));
+        assert!(text.contains("wshub_connections_accepted_total 7\n"));
+        assert!(text.contains("wshub_http_rejections_total{status=\"401\"} 1\n"));
+        assert!(text.contains("wshub_http_rejections_total{status=\"other\"} 0\n"));
+        assert!(text.contains("wshub_disconnects_total{reason=\"slow_consumer\",code=\"1013\"} 1\n"));
+        assert!(text.contains("wshub_disconnects_total{reason=\"idle_timeout\"} 0\n"));
+        assert!(text.contains("process_cpu_seconds_total 1.5\n"));
+        let mut typed = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed = rest.split(' ').next();
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(Some(name), typed, "sample without its family header: {line}");
+            }
+        }
+        assert!(text.ends_with('\n'));
+        for status in REJECTION_STATUSES {
+            assert!(status == 0 || status_label(status) == status.to_string(), "{status}");
+        }
+    }
+}
