@@ -10,11 +10,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use common::chromium::{self, Browser};
 use common::*;
 use ring::hmac;
 use wshub::{Config, OriginPolicy};
@@ -92,64 +92,15 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Headless Chromium on `url`, with a profile of its own; killed on drop.
-struct Browser {
-    child: Child,
-    profile: std::path::PathBuf,
-}
-
-impl Browser {
-    fn open(url: &str, name: &str) -> Browser {
-        let profile = std::env::temp_dir().join(format!("wshub-chromium-{}-{name}", std::process::id()));
-        let child = Command::new("/usr/bin/chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                &format!("--user-data-dir={}", profile.display()),
-                url,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromium");
-        Browser { child, profile }
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
 /// The next report from the page, within `PATIENCE` (a cold Chromium start
 /// on a loaded machine takes seconds).
 fn next_report(reports: &Receiver<String>) -> String {
     reports.recv_timeout(PATIENCE).expect("the page reported nothing in time")
 }
 
-fn browser_available() -> bool {
-    if std::path::Path::new("/usr/bin/chromium").exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("WSHUB_SKIP_BROWSER").is_some(),
-        "browser tests need /usr/bin/chromium (apt-get install chromium), or WSHUB_SKIP_BROWSER=1 to skip them"
-    );
-    false
-}
-
 #[test]
 fn a_page_from_an_allowed_origin_connects_with_a_token_and_another_origin_is_refused() {
-    if !browser_available() {
+    if !chromium::available() {
         return;
     }
     let (allowed_tx, allowed_reports) = channel();
@@ -170,13 +121,13 @@ fn a_page_from_an_allowed_origin_connects_with_a_token_and_another_origin_is_ref
     *other_html.lock().unwrap() = page(hub.addr, &token);
 
     let started = Instant::now();
-    let _browser = Browser::open(&format!("http://{allowed}/"), "allowed");
+    let _browser = Browser::open(&format!("http://{allowed}/"), "allowed", false);
     assert_eq!(next_report(&allowed_reports), "open", "the allowed page connects");
     hub.publisher.publish("news", "hello, browser").unwrap();
     assert_eq!(next_report(&allowed_reports), "message:hello, browser");
     eprintln!("allowed origin: connected and received in {:?}", started.elapsed());
 
-    let _refused = Browser::open(&format!("http://{other}/"), "other");
+    let _refused = Browser::open(&format!("http://{other}/"), "other", false);
     // A refused upgrade is an abnormal closure (1006) for the page.
     assert_eq!(next_report(&other_reports), "close:1006", "the other origin is refused");
     let _ = std::fs::remove_file(&secret);

@@ -2,6 +2,8 @@
 //! a raw WebSocket client that can send any bytes, and a deadline-bound wait.
 #![allow(dead_code)]
 
+pub mod chromium;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
