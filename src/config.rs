@@ -68,6 +68,10 @@ pub struct Config {
     /// Shut down gracefully on SIGINT and SIGTERM. The binary turns this on;
     /// a library user decides for their own process.
     pub handle_signals: bool,
+    /// systemd integration: use a listening socket passed by socket
+    /// activation (`LISTEN_FDS`, fd 3) instead of binding `listen`, and send
+    /// `READY=1` / `STOPPING=1` to `NOTIFY_SOCKET`. The binary turns this on.
+    pub systemd: bool,
 }
 
 impl Default for Config {
@@ -103,6 +107,7 @@ impl Default for Config {
             log_level: LevelFilter::Info,
             publisher_queue: 1024,
             handle_signals: false,
+            systemd: false,
         }
     }
 }
@@ -229,7 +234,7 @@ impl Config {
             given.push((flag.name, value));
         }
 
-        let mut config = Config { handle_signals: true, ..Config::default() };
+        let mut config = Config { handle_signals: true, systemd: true, ..Config::default() };
         for flag in FLAGS {
             if flag.name == REPEATABLE {
                 let values: Vec<String> =

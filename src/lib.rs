@@ -28,6 +28,7 @@ mod send_queue;
 mod server;
 mod stats;
 mod subscriptions;
+mod systemd;
 mod topic;
 mod transport;
 mod utf8;

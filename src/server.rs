@@ -87,7 +87,11 @@ impl Server {
         config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let verifier = Verifier::from_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(config.listen)?;
+        let inherited = if config.systemd { crate::systemd::inherited_listener()? } else { None };
+        let mut listener = match inherited {
+            Some(listener) => TcpListener::from_std(listener),
+            None => TcpListener::bind(config.listen)?,
+        };
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let admin = match config.admin_listen {
@@ -133,6 +137,7 @@ impl Server {
         if let Some((_, admin)) = &self.admin {
             info!("admin routes (/publish, /healthz) on http://{admin}");
         }
+        let systemd = self.config.systemd;
         let mut hub = Hub::new(self.config);
         hub.set_verifier(self.verifier);
         hub.set_process_probe(crate::process::sample);
@@ -152,6 +157,9 @@ impl Server {
             now: 0,
             accept_paused_until: None,
         };
+        if systemd {
+            crate::systemd::notify("READY=1");
+        }
         let result = event_loop.run();
         let mut inbox = event_loop.shared.lock();
         inbox.closed = true;
@@ -456,6 +464,9 @@ impl EventLoop {
             self.hub.config().shutdown_timeout
         );
         self.shared.lock().shutdown_requested = true;
+        if self.hub.config().systemd {
+            crate::systemd::notify("STOPPING=1");
+        }
         if let Some(mut admin) = self.admin_listener.take() {
             let _ = self.poll.registry().deregister(&mut admin);
         }

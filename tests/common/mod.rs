@@ -163,7 +163,7 @@ impl RawWs {
         RawWs::upgrade(socket.into(), path)
     }
 
-    fn upgrade(mut stream: TcpStream, path: &str) -> RawWs {
+    pub fn upgrade(mut stream: TcpStream, path: &str) -> RawWs {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.write_all(upgrade_request(path).as_bytes()).unwrap();
         let mut ws = RawWs { stream, buf: Vec::new() };
