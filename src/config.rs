@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::logger::LogFormat;
 use crate::origin::OriginPolicy;
 
 /// Everything the server can be told. `Default` matches the binary's defaults.
@@ -63,6 +64,8 @@ pub struct Config {
     /// Data bytes per second a client may send (0: no limit).
     pub rate_limit_bytes: usize,
     pub log_level: LevelFilter,
+    /// `--log-format`: text lines or one JSON object per line.
+    pub log_format: LogFormat,
     /// Bound of the queue between [`crate::Publisher`]s and the loop.
     pub publisher_queue: usize,
     /// Shut down gracefully on SIGINT and SIGTERM. The binary turns this on;
@@ -105,6 +108,7 @@ impl Default for Config {
             rate_limit_messages: 0,
             rate_limit_bytes: 0,
             log_level: LevelFilter::Info,
+            log_format: LogFormat::Text,
             publisher_queue: 1024,
             handle_signals: false,
             systemd: false,
@@ -178,6 +182,11 @@ const FLAGS: &[Flag] = &[
     Flag { name: "jwt-audience", value: "AUD", help: "required aud claim [unset]" },
     Flag { name: "jwt-leeway", value: "SECS", help: "clock skew allowed for exp and nbf [30]" },
     Flag { name: "demo", value: "", help: "serve a small page at GET / to try the hub from a browser" },
+    Flag {
+        name: "log-format",
+        value: "FORMAT",
+        help: "text or json (one object per line, with peer, reason, code) [text]",
+    },
     Flag { name: "log-level", value: "LEVEL", help: "error, warn, info, debug or trace [info] (also RUST_LOG)" },
 ];
 
@@ -308,6 +317,13 @@ impl Config {
             "allowed-origins" => self.allowed_origins = OriginPolicy::parse(value)?,
             "publish-token" if value.is_empty() => return Err("must not be empty".into()),
             "publish-token" => self.publish_token = Some(value.to_string()),
+            "log-format" => {
+                self.log_format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err("expected text or json".into()),
+                }
+            }
             "log-level" => self.log_level = value.parse().map_err(|_| "expected error, warn, info, debug or trace")?,
             _ => return Err("unknown setting".into()),
         }
@@ -422,6 +438,8 @@ mod tests {
         let origins = config(&[], &[("WSHUB_ALLOWED_ORIGINS", "https://*.example.com")]).allowed_origins;
         assert!(origins.allows("https://a.example.com", "hub") && !origins.allows("https://evil.com", "hub"));
         assert_eq!(config(&["--log-level", "warn"], &[("RUST_LOG", "debug")]).log_level, LevelFilter::Warn);
+        assert_eq!(config(&["--log-format", "json"], &[]).log_format, LogFormat::Json);
+        assert_eq!(config(&[], &[]).log_format, LogFormat::Text);
     }
 
     #[test]
@@ -435,6 +453,7 @@ mod tests {
             (&["--ping-interval", "70"], "--ping-interval"),
             (&["--allowed-origins", "example.com"], "--allowed-origins"),
             (&["--no-client-publish=yes"], "takes no value"),
+            (&["--log-format", "xml"], "--log-format"),
         ] {
             let err = parse(args, &[]).unwrap_err();
             assert!(err.contains(needle), "{err}");

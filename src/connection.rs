@@ -345,7 +345,7 @@ impl Connection {
                 Ok(admitted) => {
                     self.push_unbounded(SharedFrame::from(http::upgrade_response(&upgrade.accept_key)), ctx.now);
                     if let Some(sub) = &admitted.sub {
-                        log::debug!("{}: token sub {sub:?}", self.peer);
+                        log::debug!(peer:% = self.peer, sub = sub.as_str(); "{}: token sub {sub:?}", self.peer);
                     }
                     self.phase = Phase::Open {
                         decoder: FrameDecoder::default(),

@@ -502,10 +502,12 @@ impl<T: Transport> Hub<T> {
         if log::log_enabled!(level)
             && let Some(suppressed) = self.log_limit.admit(exit, now)
         {
+            let (label, code, status) = (exit.label(), reason.close_code(), reason.http_status());
             if suppressed > 0 {
-                log::log!(level, "{peer}: {reason} ({suppressed} more like it were not logged)");
+                log::log!(level, peer:% = peer, reason = label, code = code, status = status, suppressed = suppressed;
+                    "{peer}: {reason} ({suppressed} more like it were not logged)");
             } else {
-                log::log!(level, "{peer}: {reason}");
+                log::log!(level, peer:% = peer, reason = label, code = code, status = status; "{peer}: {reason}");
             }
         }
     }

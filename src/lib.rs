@@ -34,7 +34,7 @@ mod transport;
 mod utf8;
 
 pub use config::{Command, Config, usage};
-pub use logger::{dropped_log_lines, init as init_logger};
+pub use logger::{LogFormat, dropped_log_lines, init as init_logger};
 pub use origin::OriginPolicy;
 pub use publisher::{Message, PublishError, Publisher};
 pub use reason::Exit;

@@ -12,8 +12,10 @@
 //! the count is reported on the next line that fits. Write errors (a closed
 //! pipe) are ignored.
 //!
-//! Under systemd (`JOURNAL_STREAM` set) lines carry no timestamp: journald
-//! adds its own.
+//! Under systemd (`JOURNAL_STREAM` set) text lines carry no timestamp:
+//! journald adds its own. `--log-format json` writes one JSON object per
+//! line instead: `ts`, `level`, `target`, `msg`, and the event's fields
+//! (`peer`, `reason`, `code`, `status`, ...: the `log` key-values).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -73,8 +75,19 @@ impl Sink {
     }
 }
 
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL [target] message`.
+    #[default]
+    Text,
+    /// One JSON object per line, with the event's fields.
+    Json,
+}
+
 struct Logger {
     level: LevelFilter,
+    format: LogFormat,
     timestamps: bool,
     /// The sink and a line buffer reused for every line.
     out: Mutex<(Option<Sink>, Vec<u8>)>,
@@ -95,9 +108,8 @@ impl Log for Logger {
         let dropped = DROPPED.load(Ordering::Relaxed);
         if dropped > 0 {
             line.clear();
-            self.prefix(line, log::Level::Warn, "wshub::logger");
-            let _ = write!(line, "{dropped} log line(s) dropped: stderr was not being read");
-            line.push(b'\n');
+            let notice = format_args!("{dropped} log line(s) dropped: stderr was not being read");
+            self.format(line, log::Level::Warn, "wshub::logger", notice, None);
             if sink.write_line(line) {
                 DROPPED.fetch_sub(dropped, Ordering::Relaxed);
             } else {
@@ -106,13 +118,7 @@ impl Log for Logger {
             }
         }
         line.clear();
-        self.prefix(line, record.level(), record.target());
-        let _ = write!(line, "{}", record.args());
-        if line.len() > MAX_LINE {
-            line.truncate(MAX_LINE);
-            line.extend_from_slice(" [cut]".as_bytes());
-        }
-        line.push(b'\n');
+        self.format(line, record.level(), record.target(), *record.args(), Some(record.key_values()));
         if !sink.write_line(line) {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
@@ -122,20 +128,132 @@ impl Log for Logger {
 }
 
 impl Logger {
-    fn prefix(&self, line: &mut Vec<u8>, level: log::Level, target: &str) {
-        if self.timestamps {
-            write_utc_timestamp(line, SystemTime::now());
-            line.push(b' ');
+    /// One whole line, newline included, at most about `MAX_LINE` bytes.
+    fn format(
+        &self,
+        line: &mut Vec<u8>,
+        level: log::Level,
+        target: &str,
+        message: std::fmt::Arguments,
+        fields: Option<&dyn log::kv::Source>,
+    ) {
+        match self.format {
+            LogFormat::Text => {
+                if self.timestamps {
+                    write_utc_timestamp(line, SystemTime::now());
+                    line.push(b' ');
+                }
+                let _ = write!(line, "{level:<5} [{target}] {message}");
+                if line.len() > MAX_LINE {
+                    line.truncate(MAX_LINE);
+                    line.extend_from_slice(b" [cut]");
+                }
+            }
+            LogFormat::Json => {
+                line.extend_from_slice(b"{\"ts\":\"");
+                write_utc_timestamp(line, SystemTime::now());
+                let _ = write!(line, "\",\"level\":\"{level}\",\"target\":");
+                json_string(line, target);
+                line.extend_from_slice(b",\"msg\":");
+                let mut text = message.to_string();
+                if text.len() > MAX_LINE / 2 {
+                    let mut cut = MAX_LINE / 2;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                    text.push_str(" [cut]");
+                }
+                json_string(line, &text);
+                if let Some(fields) = fields {
+                    let _ = fields.visit(&mut JsonFields(line));
+                }
+                line.push(b'}');
+            }
         }
-        let _ = write!(line, "{level:<5} [{target}] ");
+        line.push(b'\n');
+    }
+}
+
+/// Writes `s` as a JSON string (RFC 8259 §7 escapes).
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Appends an event's key-values as `,"key":value` members: numbers and
+/// booleans as such, absent values (`None`) left out, the rest as strings.
+struct JsonFields<'a>(&'a mut Vec<u8>);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(&mut self, key: log::kv::Key<'kvs>, value: log::kv::Value<'kvs>) -> Result<(), log::kv::Error> {
+        let mut rendered = Vec::new();
+        value.visit(JsonValue(&mut rendered))?;
+        if !rendered.is_empty() {
+            self.0.push(b',');
+            json_string(self.0, key.as_str());
+            self.0.push(b':');
+            self.0.extend_from_slice(&rendered);
+        }
+        Ok(())
+    }
+}
+
+struct JsonValue<'a>(&'a mut Vec<u8>);
+
+impl<'v> log::kv::VisitValue<'v> for JsonValue<'_> {
+    fn visit_any(&mut self, value: log::kv::Value) -> Result<(), log::kv::Error> {
+        json_string(self.0, &value.to_string());
+        Ok(())
+    }
+
+    fn visit_null(&mut self) -> Result<(), log::kv::Error> {
+        Ok(())
+    }
+
+    fn visit_u64(&mut self, value: u64) -> Result<(), log::kv::Error> {
+        let _ = write!(self.0, "{value}");
+        Ok(())
+    }
+
+    fn visit_i64(&mut self, value: i64) -> Result<(), log::kv::Error> {
+        let _ = write!(self.0, "{value}");
+        Ok(())
+    }
+
+    fn visit_bool(&mut self, value: bool) -> Result<(), log::kv::Error> {
+        let _ = write!(self.0, "{value}");
+        Ok(())
+    }
+
+    fn visit_str(&mut self, value: &str) -> Result<(), log::kv::Error> {
+        json_string(self.0, value);
+        Ok(())
     }
 }
 
 /// Installs the logger for the `wshub` binary (an application embedding the
-/// library keeps its own `log` backend). `journal`: no timestamps.
-pub fn init(level: LevelFilter, journal: bool) -> Result<(), log::SetLoggerError> {
+/// library keeps its own `log` backend). `journal`: text lines without
+/// timestamps (journald adds its own).
+pub fn init(level: LevelFilter, format: LogFormat, journal: bool) -> Result<(), log::SetLoggerError> {
     let sink = Sink::open().ok();
-    let logger = Logger { level, timestamps: !journal, out: Mutex::new((sink, Vec::with_capacity(256))) };
+    let logger = Logger { level, format, timestamps: !journal, out: Mutex::new((sink, Vec::with_capacity(256))) };
     // The logger lives as long as the process (`log` requires it).
     log::set_logger(Box::leak(Box::new(logger)))?;
     log::set_max_level(level);
@@ -188,5 +306,33 @@ mod tests {
         write_utc_timestamp(&mut out, UNIX_EPOCH + Duration::from_millis(1_709_210_096_789));
         assert_eq!(String::from_utf8(out).unwrap(), "2024-02-29T12:34:56.789Z");
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
+    }
+
+    #[test]
+    fn json_lines_carry_the_event_fields() {
+        let logger = Logger {
+            level: LevelFilter::Info,
+            format: LogFormat::Json,
+            timestamps: true,
+            out: Mutex::new((None, Vec::new())),
+        };
+        let fields: [(&str, log::kv::Value); 4] = [
+            ("peer", log::kv::Value::from_display(&"192.0.2.1:5")),
+            ("code", 1008u16.into()),
+            ("status", log::kv::Value::null()),
+            ("reason", "policy".into()),
+        ];
+        let mut line = Vec::new();
+        logger.format(
+            &mut line,
+            log::Level::Info,
+            "wshub::hub",
+            format_args!("a \"quoted\"\nline\u{1}"),
+            Some(&fields),
+        );
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.ends_with("}\n") && text.starts_with("{\"ts\":\""), "{text}");
+        assert!(text.contains(r#""level":"INFO","target":"wshub::hub","msg":"a \"quoted\"\nline\u0001","peer":"192.0.2.1:5","code":1008,"reason":"policy"}"#), "{text}");
+        assert!(!text.contains("status"), "absent fields are left out: {text}");
     }
 }

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     };
     // Under systemd, journald timestamps every line itself.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    if let Err(e) = wshub::init_logger(config.log_level, journal) {
+    if let Err(e) = wshub::init_logger(config.log_level, config.log_format, journal) {
         eprintln!("wshub: cannot start logging: {e}");
         return ExitCode::FAILURE;
     }

@@ -120,6 +120,25 @@ impl Reason {
         }
     }
 
+    /// The close code this ending carries: ours, or the client's.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            Reason::Protocol(e) => Some(u16::from(e.code)),
+            Reason::SlowConsumer(_) | Reason::OverBudget => Some(1013),
+            Reason::ShuttingDown => Some(1001),
+            Reason::ClientClosed(code) => *code,
+            _ => None,
+        }
+    }
+
+    /// The HTTP status a refused request got.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Reason::Rejected(r) => Some(r.status),
+            _ => None,
+        }
+    }
+
     pub fn exit(&self) -> Exit {
         match self {
             Reason::Rejected(_) => Exit::Rejected,

@@ -350,7 +350,7 @@ impl Binary {
             line.clear();
             assert!(log.read_line(&mut line).unwrap() > 0, "wshub exited before listening");
             if let Some(rest) = line.split("listening on ws://").nth(1) {
-                break rest.trim().trim_end_matches("/ws").parse().unwrap();
+                break rest.split("/ws").next().unwrap().parse().unwrap();
             }
         };
         Binary { child, addr, log }
