@@ -4,7 +4,6 @@ mod common;
 
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -217,7 +216,7 @@ fn out_of_file_descriptors_refuses_at_once_without_spinning_then_recovers() {
 #[test]
 fn command_line_help_version_and_bad_values() {
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wshub"));
+        let mut cmd = wshub_command();
         cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);

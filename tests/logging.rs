@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -40,7 +38,7 @@ fn json_lines_carry_peer_reason_and_code() {
 
 #[test]
 fn under_journald_text_lines_have_no_timestamp() {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+    let mut command = wshub_command();
     command.args(["--listen", "127.0.0.1:0"]).env("JOURNAL_STREAM", "8:12345");
     let mut bin = Binary::spawn(command);
     bin.signal("TERM");

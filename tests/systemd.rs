@@ -18,7 +18,7 @@ fn recv(socket: &UnixDatagram) -> String {
 
 fn notify_socket_test(socket: UnixDatagram, notify_socket: &str) {
     socket.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+    let mut command = wshub_command();
     command.args(["--listen", "127.0.0.1:0"]).env("NOTIFY_SOCKET", notify_socket);
     let mut bin = Binary::spawn(command);
     assert_eq!(recv(&socket), "READY=1");
@@ -61,7 +61,7 @@ fn socket_activation_uses_the_inherited_socket() {
     // systemd-socket-activate listens, and starts wshub (same PID, fd 3) at
     // the first connection. --listen names an address wshub must not bind.
     let mut command = Command::new("systemd-socket-activate");
-    command.args(["-l", &addr.to_string(), env!("CARGO_BIN_EXE_wshub"), "--listen", "127.0.0.1:9"]);
+    command.args(["-l", &addr.to_string()]).args(wshub_argv()).args(["--listen", "127.0.0.1:9"]);
     let first = std::thread::spawn(move || {
         let mut ws = None;
         wait_until("systemd-socket-activate listens", || {
@@ -84,7 +84,7 @@ fn socket_activation_uses_the_inherited_socket() {
 
 #[test]
 fn listen_fds_for_another_process_are_ignored() {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+    let mut command = wshub_command();
     command.args(["--listen", "127.0.0.1:0"]).env("LISTEN_PID", "1").env("LISTEN_FDS", "1");
     let mut bin = Binary::spawn(command);
     let _ws = RawWs::connect(bin.addr, "/ws");

@@ -324,9 +324,28 @@ pub struct Binary {
     pub log: BufReader<std::process::ChildStderr>,
 }
 
+/// The words that run the wshub binary: this build's, or another one
+/// (`WSHUB_TEST_BINARY`, e.g. an aarch64 cross build), behind an emulator
+/// when one is named (`WSHUB_TEST_RUNNER`, e.g. `qemu-aarch64 -L
+/// /usr/aarch64-linux-gnu`). `.ci/run` runs the binary-driven tests so.
+pub fn wshub_argv() -> Vec<String> {
+    let mut argv: Vec<String> =
+        std::env::var("WSHUB_TEST_RUNNER").unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    argv.push(std::env::var("WSHUB_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wshub").to_string()));
+    argv
+}
+
+/// A `Command` that runs the wshub binary (through the emulator, if any).
+pub fn wshub_command() -> Command {
+    let argv = wshub_argv();
+    let mut command = Command::new(&argv[0]);
+    command.args(&argv[1..]);
+    command
+}
+
 impl Binary {
     pub fn start(args: &[&str]) -> Binary {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_wshub"));
+        let mut command = wshub_command();
         command.args(["--listen", "127.0.0.1:0"]).args(args);
         Binary::spawn(command)
     }
@@ -334,11 +353,8 @@ impl Binary {
     /// Starts wshub allowed at most `files` open file descriptors.
     pub fn start_with_fd_limit(files: u32) -> Binary {
         let mut command = Command::new("bash");
-        command.args([
-            "-c",
-            &format!("ulimit -n {files} && exec \"$0\" --listen 127.0.0.1:0"),
-            env!("CARGO_BIN_EXE_wshub"),
-        ]);
+        command.args(["-c", &format!("ulimit -n {files} && exec \"$@\" --listen 127.0.0.1:0"), "wshub"]);
+        command.args(wshub_argv());
         Binary::spawn(command)
     }
 
