@@ -49,6 +49,9 @@ pub struct Config {
     pub jwt_leeway: Duration,
     /// Serve the demo page at `GET /`.
     pub demo: bool,
+    /// PEM certificate chain and private key: the listener speaks TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Bound on all bytes held for clients (queued frames, counted once
     /// however many queues share them, and partly received requests and
     /// messages); over it, the clients holding the most are dropped (1013).
@@ -101,6 +104,8 @@ impl Default for Config {
             jwt_audience: None,
             jwt_leeway: Duration::from_secs(30),
             demo: false,
+            tls_cert: None,
+            tls_key: None,
             max_buffered_bytes: 64 * 1024 * 1024,
             message_timeout: Duration::from_secs(10),
             max_connections_per_ip: 128,
@@ -181,6 +186,8 @@ const FLAGS: &[Flag] = &[
     Flag { name: "jwt-issuer", value: "ISS", help: "required iss claim [unset]" },
     Flag { name: "jwt-audience", value: "AUD", help: "required aud claim [unset]" },
     Flag { name: "jwt-leeway", value: "SECS", help: "clock skew allowed for exp and nbf [30]" },
+    Flag { name: "tls-cert", value: "PATH", help: "PEM certificate chain: the listener speaks TLS (wss://)" },
+    Flag { name: "tls-key", value: "PATH", help: "PEM private key of --tls-cert" },
     Flag { name: "demo", value: "", help: "serve a small page at GET / to try the hub from a browser" },
     Flag {
         name: "log-format",
@@ -314,6 +321,8 @@ impl Config {
             "no-echo" => self.no_echo = switch(value)?,
             "no-client-publish" => self.no_client_publish = switch(value)?,
             "demo" => self.demo = switch(value)?,
+            "tls-cert" => self.tls_cert = Some(path(value)?),
+            "tls-key" => self.tls_key = Some(path(value)?),
             "allowed-origins" => self.allowed_origins = OriginPolicy::parse(value)?,
             "publish-token" if value.is_empty() => return Err("must not be empty".into()),
             "publish-token" => self.publish_token = Some(value.to_string()),

@@ -627,6 +627,16 @@ fn write_client<T: Transport>(
     if client.blocked {
         return Ok(());
     }
+    // Records a TLS transport could not send yet go first.
+    if client.transport.has_pending_output() {
+        match client.transport.flush_pending() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                client.blocked = true;
+                return Ok(());
+            }
+            other => other?,
+        }
+    }
     let written = client.conn.transmit(&mut client.transport, cork, now)?;
     stats.bytes_out += written as u64;
     // Whatever is left was refused: wait for a writable event (edge-triggered:

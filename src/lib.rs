@@ -29,6 +29,8 @@ mod server;
 mod stats;
 mod subscriptions;
 mod systemd;
+#[cfg(feature = "tls")]
+mod tls;
 mod topic;
 mod transport;
 mod utf8;

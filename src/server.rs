@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::auth::Verifier;
@@ -26,6 +26,7 @@ use crate::connection::Millis;
 use crate::frame::{self, MessageKind};
 use crate::hub::{ClientId, Hub};
 use crate::publisher::{Message, Publisher, Shared};
+use crate::transport::Stream;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
@@ -46,6 +47,8 @@ pub struct Server {
     config: Config,
     /// JWT keys, loaded at bind so a bad key file stops startup.
     verifier: Option<Verifier>,
+    /// TLS certificate and key, loaded at bind likewise.
+    tls: Option<TlsConfig>,
     poll: Poll,
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -63,7 +66,9 @@ struct EventLoop {
     admin_listener: Option<TcpListener>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     shared: Arc<Shared>,
-    hub: Hub<TcpStream>,
+    hub: Hub<Stream>,
+    /// TLS settings, when the listener speaks TLS.
+    tls: Option<TlsConfig>,
     scratch: Vec<u8>,
     /// Clients with more to read after their share of this turn (one full
     /// read), served next turn; each listed once.
@@ -86,6 +91,7 @@ impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let verifier = Verifier::from_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let tls = load_tls(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
         let inherited = if config.systemd { crate::systemd::inherited_listener()? } else { None };
         let mut listener = match inherited {
@@ -113,7 +119,7 @@ impl Server {
             None
         };
         let shared = Shared::new(waker, config.publisher_queue, config.max_message_size);
-        Ok(Server { config, verifier, poll, listener, local_addr, admin, signals, shared })
+        Ok(Server { config, verifier, tls, poll, listener, local_addr, admin, signals, shared })
     }
 
     /// The address actually bound (useful with port 0).
@@ -133,7 +139,8 @@ impl Server {
 
     /// Runs the loop on the calling thread until a graceful shutdown ends.
     pub fn run(self) -> io::Result<()> {
-        info!("wshub {} listening on ws://{}/ws", env!("CARGO_PKG_VERSION"), self.local_addr);
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        info!("wshub {} listening on {scheme}://{}/ws", env!("CARGO_PKG_VERSION"), self.local_addr);
         if let Some((_, admin)) = &self.admin {
             info!("admin routes (/publish, /healthz) on http://{admin}");
         }
@@ -148,6 +155,7 @@ impl Server {
             signals: self.signals,
             shared: self.shared,
             hub,
+            tls: self.tls,
             scratch: vec![0; SCRATCH_BYTES],
             read_again: Vec::new(),
             slots: Vec::new(),
@@ -284,6 +292,17 @@ impl EventLoop {
                         self.slots.resize(id + 1, Slot::default());
                     }
                     self.slots[id] = Slot::default();
+                    // The admin listener stays plain HTTP (it is for loopback).
+                    let stream = match &self.tls {
+                        Some(tls) if !admin => match wrap_tls(stream, tls) {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                warn!("{addr}: cannot start TLS: {e}");
+                                continue;
+                            }
+                        },
+                        _ => Stream::Plain(stream),
+                    };
                     if admin {
                         self.hub.insert_admin(stream, addr, self.now);
                     } else {
@@ -418,7 +437,7 @@ impl EventLoop {
     /// Deregisters the sockets of removed connections; dropping closes them.
     fn reap(&mut self) {
         for (_, mut stream) in self.hub.take_closed() {
-            let _ = self.poll.registry().deregister(&mut stream);
+            let _ = self.poll.registry().deregister(stream.tcp());
         }
     }
 
@@ -513,4 +532,31 @@ fn give_memory_back() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+#[cfg(feature = "tls")]
+type TlsConfig = Arc<rustls::ServerConfig>;
+#[cfg(not(feature = "tls"))]
+type TlsConfig = std::convert::Infallible;
+
+/// The TLS settings `--tls-cert`/`--tls-key` name, if any.
+fn load_tls(config: &Config) -> Result<Option<TlsConfig>, String> {
+    match (&config.tls_cert, &config.tls_key) {
+        (None, None) => Ok(None),
+        #[cfg(feature = "tls")]
+        (Some(cert), Some(key)) => crate::tls::server_config(cert, key).map(Some),
+        #[cfg(not(feature = "tls"))]
+        (Some(_), Some(_)) => Err("this wshub was built without the `tls` feature; --tls-* flags need it".into()),
+        _ => Err("--tls-cert and --tls-key go together".into()),
+    }
+}
+
+#[cfg(feature = "tls")]
+fn wrap_tls(tcp: mio::net::TcpStream, config: &TlsConfig) -> io::Result<Stream> {
+    Ok(Stream::Tls(Box::new(crate::tls::TlsStream::new(tcp, config)?)))
+}
+
+#[cfg(not(feature = "tls"))]
+fn wrap_tls(_tcp: mio::net::TcpStream, config: &TlsConfig) -> io::Result<Stream> {
+    match *config {}
 }

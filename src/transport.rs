@@ -24,6 +24,91 @@ pub trait Transport: Read + Write {
     fn has_pending_output(&self) -> bool {
         false
     }
+
+    /// Puts that output on the wire (`WouldBlock`: the socket is full).
+    fn flush_pending(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the driver accepts: a plain TCP connection, or TLS over one.
+pub enum Stream {
+    Plain(mio::net::TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<crate::tls::TlsStream>),
+}
+
+impl Stream {
+    /// The socket under it, for readiness registration.
+    pub fn tcp(&mut self) -> &mut mio::net::TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.tcp(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write_vectored(bufs),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+impl Transport for Stream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.shutdown(Shutdown::Write),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.shutdown_write(),
+        }
+    }
+
+    fn has_pending_output(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.has_pending_output(),
+        }
+    }
+
+    fn flush_pending(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.flush_pending(),
+        }
+    }
 }
 
 impl Transport for mio::net::TcpStream {

@@ -1,0 +1,191 @@
+//! `wss://`: the hub's behaviour over TLS, with a certificate generated here
+//! (rcgen) and rustls clients that trust only it.
+#![cfg(feature = "tls")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::CertificateDer;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use wshub::{Config, Exit};
+
+type TlsClient = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A self-signed certificate for localhost and 127.0.0.1, as PEM files.
+struct Cert {
+    der: CertificateDer<'static>,
+    config: Config,
+}
+
+fn cert() -> Cert {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).unwrap();
+    let dir = std::env::temp_dir().join(format!("wshub-tls-{}-{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+    let config = Config { tls_cert: Some(cert_path), tls_key: Some(key_path), ..Config::default() };
+    Cert { der: certified.cert.der().clone(), config }
+}
+
+fn tls_connect(addr: SocketAddr, cert: &Cert) -> TlsClient {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+fn wss(hub: &Hub, cert: &Cert, path: &str) -> tungstenite::WebSocket<TlsClient> {
+    let stream = tls_connect(hub.addr, cert);
+    let (ws, response) = tungstenite::client::client(format!("wss://localhost{path}"), stream).expect("wss upgrade");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+fn next_text(ws: &mut tungstenite::WebSocket<TlsClient>) -> String {
+    loop {
+        match ws.read().expect("read") {
+            Message::Text(t) => return t.to_string(),
+            Message::Binary(b) => panic!("binary {b:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads until the hub closes; returns the close code it sent, if any.
+fn close_code(ws: &mut tungstenite::WebSocket<TlsClient>) -> Option<u16> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn broadcast_and_topics_over_wss() {
+    let cert = cert();
+    let hub = Hub::start(cert.config.clone());
+    let mut a = wss(&hub, &cert, "/ws?topic=t");
+    let mut b = wss(&hub, &cert, "/ws?topic=t");
+    let mut other = wss(&hub, &cert, "/ws?topic=u");
+    a.send(Message::text("over TLS")).unwrap();
+    assert_eq!(next_text(&mut a), "over TLS");
+    assert_eq!(next_text(&mut b), "over TLS");
+    // Many messages, some larger than one TLS record, in order.
+    for i in 0..200 {
+        let body = format!("{i:04}{}", "x".repeat(i * 150));
+        hub.publisher.publish("t", body.clone()).unwrap();
+        assert_eq!(next_text(&mut b), body);
+    }
+    hub.publisher.publish("u", "for u").unwrap();
+    assert_eq!(next_text(&mut other), "for u");
+}
+
+#[test]
+fn close_codes_and_shutdown_over_wss() {
+    let cert = cert();
+    let mut hub = Hub::start(Config { max_message_size: 1000, ..cert.config.clone() });
+    let mut ws = wss(&hub, &cert, "/ws");
+    ws.send(Message::binary(vec![0u8; 2000])).unwrap();
+    assert_eq!(close_code(&mut ws), Some(1009));
+    let mut polite = wss(&hub, &cert, "/ws");
+    polite.close(Some(CloseFrame { code: CloseCode::from(4000), reason: "bye".into() })).unwrap();
+    assert_eq!(close_code(&mut polite), Some(4000), "the hub echoes the client's code");
+    let mut staying = wss(&hub, &cert, "/ws");
+    hub.publisher.publish("all", "before shutdown").unwrap();
+    assert_eq!(next_text(&mut staying), "before shutdown");
+    hub.stop().unwrap();
+    assert_eq!(close_code(&mut staying), Some(1001));
+}
+
+#[test]
+fn a_slow_consumer_over_tls_is_dropped_not_the_hub() {
+    let cert = cert();
+    let hub = Hub::start(Config { queue_messages: 8, ..cert.config.clone() });
+    let _stalled = wss(&hub, &cert, "/ws?topic=t");
+    let mut reader = wss(&hub, &cert, "/ws?topic=t");
+    let mut n = 0;
+    while hub.publisher.stats().exited(Exit::SlowConsumer) == 0 {
+        let body = format!("{n}{}", "y".repeat(16 * 1024));
+        hub.publisher.publish("t", body.clone()).unwrap();
+        assert_eq!(next_text(&mut reader), body, "the reader keeps getting everything");
+        n += 1;
+        assert!(n < 100_000, "never dropped");
+    }
+}
+
+#[test]
+fn idle_clients_and_stalled_handshakes_are_dropped_in_time() {
+    let cert = cert();
+    let config = Config {
+        idle_timeout: Duration::from_secs(1),
+        ping_interval: Duration::from_millis(500),
+        handshake_timeout: Duration::from_secs(1),
+        ..cert.config.clone()
+    };
+    let hub = Hub::start(config);
+    // Upgraded over TLS, then silent (pings unanswered): dropped.
+    let mut silent = tls_connect(hub.addr, &cert);
+    silent.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let _ = silent.read_to_end(&mut sink);
+    assert!(String::from_utf8_lossy(&sink).starts_with("HTTP/1.1 101"), "upgraded first");
+    assert!(started.elapsed() < PATIENCE);
+    // A TCP connection that never finishes its TLS handshake.
+    let mut stalled = TcpStream::connect(hub.addr).unwrap();
+    stalled.set_read_timeout(Some(PATIENCE)).unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x00, 0x50]).unwrap(); // a record header, no body
+    assert_eq!(stalled.read(&mut [0u8; 16]).unwrap_or(0), 0, "closed by --handshake-timeout");
+    wait_until("both counted", || {
+        let stats = hub.publisher.stats();
+        stats.exited(Exit::IdleTimeout) == 1 && stats.exited(Exit::HandshakeTimeout) == 1
+    });
+}
+
+#[test]
+fn plaintext_http_on_the_tls_port_gets_no_http_answer() {
+    let cert = cert();
+    let hub = Hub::start(cert.config.clone());
+    let mut plain = TcpStream::connect(hub.addr).unwrap();
+    plain.set_read_timeout(Some(PATIENCE)).unwrap();
+    plain.write_all(upgrade_request("/ws").as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = plain.read_to_end(&mut reply);
+    assert!(!reply.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&reply));
+    // What comes back, if anything, is a TLS alert record.
+    assert!(reply.is_empty() || reply[0] == 0x15, "{reply:?}");
+    // The hub goes on serving TLS clients.
+    let mut ws = wss(&hub, &cert, "/ws");
+    ws.send(Message::text("still fine")).unwrap();
+    assert_eq!(next_text(&mut ws), "still fine");
+}
+
+#[test]
+fn bad_certificate_files_stop_startup() {
+    let cert = cert();
+    let bind = |config: Config| wshub::Server::bind(Config { listen: "127.0.0.1:0".parse().unwrap(), ..config });
+    let only_cert = Config { tls_key: None, ..cert.config.clone() };
+    assert!(bind(only_cert).err().unwrap().to_string().contains("go together"));
+    let swapped = Config { tls_cert: cert.config.tls_key.clone(), ..cert.config.clone() };
+    assert!(bind(swapped).is_err());
+    let missing = Config { tls_key: Some("/nonexistent/key.pem".into()), ..cert.config.clone() };
+    assert!(bind(missing).err().unwrap().to_string().contains("/nonexistent/key.pem"));
+}
