@@ -111,8 +111,9 @@ impl Server {
         };
         let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let signals = if config.handle_signals {
+            use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
             use signal_hook_mio::v1_0::Signals;
-            let mut signals = Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
             poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
             Some(signals)
         } else {
@@ -459,15 +460,40 @@ impl EventLoop {
     }
 
     fn on_signals(&mut self) {
-        let mut received = None;
+        let mut stop = None;
+        let mut reload = false;
         if let Some(signals) = self.signals.as_mut() {
             for signal in signals.pending() {
-                received = Some(signal);
+                match signal {
+                    signal_hook::consts::SIGHUP => reload = true,
+                    signal_hook::consts::SIGINT => stop = Some("SIGINT"),
+                    _ => stop = Some("SIGTERM"),
+                }
             }
         }
-        if let Some(signal) = received {
-            let name = if signal == signal_hook::consts::SIGINT { "SIGINT" } else { "SIGTERM" };
+        if reload {
+            self.reload_tls();
+        }
+        if let Some(name) = stop {
             self.begin_shutdown(name);
+        }
+    }
+
+    /// SIGHUP: reads the certificate and key again (an ACME client renewed
+    /// them). New handshakes use the new pair; open connections keep theirs.
+    /// A file that does not load keeps the old pair, and the log says why.
+    fn reload_tls(&mut self) {
+        if self.tls.is_none() {
+            info!("SIGHUP: no TLS certificate to reload");
+            return;
+        }
+        match load_tls(self.hub.config()) {
+            Ok(Some(tls)) => {
+                self.tls = Some(tls);
+                info!("SIGHUP: reloaded the TLS certificate and key");
+            }
+            Ok(None) => {}
+            Err(e) => warn!("SIGHUP: keeping the current TLS certificate: {e}"),
         }
     }
 

@@ -22,18 +22,24 @@ type TlsClient = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 struct Cert {
     der: CertificateDer<'static>,
     config: Config,
+    cert_pem: String,
+    key_pem: String,
 }
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn cert() -> Cert {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let certified = rcgen::generate_simple_self_signed(names).unwrap();
-    let dir = std::env::temp_dir().join(format!("wshub-tls-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wshub-tls-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
+    let (cert_pem, key_pem) = (certified.cert.pem(), certified.key_pair.serialize_pem());
+    std::fs::write(&cert_path, &cert_pem).unwrap();
+    std::fs::write(&key_path, &key_pem).unwrap();
     let config = Config { tls_cert: Some(cert_path), tls_key: Some(key_path), ..Config::default() };
-    Cert { der: certified.cert.der().clone(), config }
+    Cert { der: certified.cert.der().clone(), config, cert_pem, key_pem }
 }
 
 fn tls_connect(addr: SocketAddr, cert: &Cert) -> TlsClient {
@@ -51,7 +57,11 @@ fn tls_connect(addr: SocketAddr, cert: &Cert) -> TlsClient {
 }
 
 fn wss(hub: &Hub, cert: &Cert, path: &str) -> tungstenite::WebSocket<TlsClient> {
-    let stream = tls_connect(hub.addr, cert);
+    wss_at(hub.addr, cert, path)
+}
+
+fn wss_at(addr: SocketAddr, cert: &Cert, path: &str) -> tungstenite::WebSocket<TlsClient> {
+    let stream = tls_connect(addr, cert);
     let (ws, response) = tungstenite::client::client(format!("wss://localhost{path}"), stream).expect("wss upgrade");
     assert_eq!(response.status(), 101);
     ws
@@ -188,4 +198,34 @@ fn bad_certificate_files_stop_startup() {
     assert!(bind(swapped).is_err());
     let missing = Config { tls_key: Some("/nonexistent/key.pem".into()), ..cert.config.clone() };
     assert!(bind(missing).err().unwrap().to_string().contains("/nonexistent/key.pem"));
+}
+
+#[test]
+fn sighup_reloads_the_certificate_while_connections_stay_open() {
+    let first = cert();
+    let (cert_path, key_path) = (first.config.tls_cert.clone().unwrap(), first.config.tls_key.clone().unwrap());
+    let mut bin = Binary::start(&["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()]);
+    let mut before = wss_at(bin.addr, &first, "/ws");
+
+    // Renewed in place, as an ACME client does, then SIGHUP.
+    let second = cert();
+    std::fs::write(&cert_path, &second.cert_pem).unwrap();
+    std::fs::write(&key_path, &second.key_pem).unwrap();
+    bin.signal("HUP");
+    bin.wait_for_log("reloaded the TLS certificate");
+    let mut after = wss_at(bin.addr, &second, "/ws");
+    let refused = tungstenite::client::client("wss://localhost/ws", tls_connect(bin.addr, &first));
+    assert!(refused.is_err(), "new handshakes present the new certificate");
+    after.send(Message::text("after the reload")).unwrap();
+    assert_eq!(next_text(&mut before), "after the reload", "the connection from before stays open");
+
+    // A bad file keeps the current pair.
+    std::fs::write(&key_path, "not a key").unwrap();
+    bin.signal("HUP");
+    bin.wait_for_log("keeping the current TLS certificate");
+    let mut still = wss_at(bin.addr, &second, "/ws");
+    still.send(Message::text("still served")).unwrap();
+    assert_eq!(next_text(&mut still), "still served");
+    bin.signal("TERM");
+    assert!(bin.wait_exit().success());
 }

@@ -365,7 +365,9 @@ impl Binary {
         let addr = loop {
             line.clear();
             assert!(log.read_line(&mut line).unwrap() > 0, "wshub exited before listening");
-            if let Some(rest) = line.split("listening on ws://").nth(1) {
+            if let Some(rest) =
+                line.split("listening on ws://").nth(1).or_else(|| line.split("listening on wss://").nth(1))
+            {
                 break rest.split("/ws").next().unwrap().parse().unwrap();
             }
         };
