@@ -201,3 +201,36 @@ fn without_demo_there_is_no_page() {
         response.contains("Content-Type: text/html; charset=utf-8") && response.contains("<title>wshub demo</title>")
     );
 }
+
+#[cfg(feature = "tls")]
+#[test]
+fn the_demo_page_over_https_connects_with_wss() {
+    if !chromium::available() {
+        return;
+    }
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("wshub-demo-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), certified.key_pair.serialize_pem()).unwrap();
+    let config = Config {
+        demo: true,
+        tls_cert: Some(dir.join("cert.pem")),
+        tls_key: Some(dir.join("key.pem")),
+        ..Config::default()
+    };
+    let hub = Hub::start(config);
+    // A self-signed certificate: the browser is told to accept it.
+    let url = format!("https://{}/", hub.addr);
+    let browser = Browser::open_with(&url, "demo-tls", true, &["--ignore-certificate-errors"]);
+    let mut page = Page::attach(browser.devtools_port.unwrap());
+    page.wait_for("the page to load", |p| {
+        p.eval("document.readyState === 'complete' && document.querySelector('#state') !== null") == true
+    });
+    page.click("#connect");
+    page.wait_for("the wss connection to open", |p| p.text_of("#state") == "open");
+    assert!(page.text_of("#log").contains("connecting to wss://"), "{}", page.text_of("#log"));
+    hub.publisher.publish("all", "over wss").unwrap();
+    page.wait_for("the message over wss", |p| p.text_of("#log").contains("\u{2190} over wss"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

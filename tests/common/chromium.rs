@@ -31,6 +31,11 @@ impl Browser {
     /// Opens `url`. With `devtools`, also listens for the DevTools protocol
     /// on a free loopback port (read from Chromium's own announcement).
     pub fn open(url: &str, name: &str, devtools: bool) -> Browser {
+        Browser::open_with(url, name, devtools, &[])
+    }
+
+    /// `open` with extra command-line flags.
+    pub fn open_with(url: &str, name: &str, devtools: bool, flags: &[&str]) -> Browser {
         let profile = std::env::temp_dir().join(format!("wshub-chromium-{}-{name}", std::process::id()));
         let mut command = Command::new("/usr/bin/chromium");
         command.args([
@@ -44,7 +49,7 @@ impl Browser {
             "--disable-sync",
             "--window-size=900,700",
         ]);
-        command.arg(format!("--user-data-dir={}", profile.display()));
+        command.arg(format!("--user-data-dir={}", profile.display())).args(flags);
         if devtools {
             command.arg("--remote-debugging-port=0");
         }
