@@ -52,6 +52,8 @@ pub struct Config {
     /// PEM certificate chain and private key: the listener speaks TLS.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate chained to one.
+    pub tls_client_ca: Option<PathBuf>,
     /// Bound on all bytes held for clients (queued frames, counted once
     /// however many queues share them, and partly received requests and
     /// messages); over it, the clients holding the most are dropped (1013).
@@ -106,6 +108,7 @@ impl Default for Config {
             demo: false,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             max_buffered_bytes: 64 * 1024 * 1024,
             message_timeout: Duration::from_secs(10),
             max_connections_per_ip: 128,
@@ -188,6 +191,7 @@ const FLAGS: &[Flag] = &[
     Flag { name: "jwt-leeway", value: "SECS", help: "clock skew allowed for exp and nbf [30]" },
     Flag { name: "tls-cert", value: "PATH", help: "PEM certificate chain: the listener speaks TLS (wss://)" },
     Flag { name: "tls-key", value: "PATH", help: "PEM private key of --tls-cert" },
+    Flag { name: "tls-client-ca", value: "PATH", help: "PEM CA: clients must present a certificate it signed" },
     Flag { name: "demo", value: "", help: "serve a small page at GET / to try the hub from a browser" },
     Flag {
         name: "log-format",
@@ -323,6 +327,7 @@ impl Config {
             "demo" => self.demo = switch(value)?,
             "tls-cert" => self.tls_cert = Some(path(value)?),
             "tls-key" => self.tls_key = Some(path(value)?),
+            "tls-client-ca" => self.tls_client_ca = Some(path(value)?),
             "allowed-origins" => self.allowed_origins = OriginPolicy::parse(value)?,
             "publish-token" if value.is_empty() => return Err("must not be empty".into()),
             "publish-token" => self.publish_token = Some(value.to_string()),

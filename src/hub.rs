@@ -313,7 +313,10 @@ impl<T: Transport> Hub<T> {
 
     /// Reading or writing the connection failed.
     pub fn lost(&mut self, id: ClientId, kind: io::ErrorKind, now: Millis) {
-        self.remove(id, Reason::ConnectionLost(kind), now);
+        // Sockets do not return InvalidData; the TLS layer does, for every
+        // handshake or record failure.
+        let reason = if kind == io::ErrorKind::InvalidData { Reason::TlsFailed } else { Reason::ConnectionLost(kind) };
+        self.remove(id, reason, now);
     }
 
     /// The transport can take bytes again.

@@ -36,6 +36,9 @@ pub enum Reason {
     /// Refused at `accept`: over `--max-connections-per-ip` or
     /// `--max-pending`, or out of file descriptors; closed at once.
     Refused(&'static str),
+    /// TLS failed: a handshake error (bad or missing client certificate, no
+    /// shared protocol), plaintext on the TLS port, a corrupt record.
+    TlsFailed,
 }
 
 /// The counter a reason lands in: a small, fixed set of labels (the metrics
@@ -58,10 +61,11 @@ pub enum Exit {
     ConnectionLost,
     OverBudget,
     Refused,
+    TlsError,
 }
 
 impl Exit {
-    pub const ALL: [Exit; 15] = [
+    pub const ALL: [Exit; 16] = [
         Exit::Rejected,
         Exit::HttpDone,
         Exit::ClientClosed,
@@ -77,6 +81,7 @@ impl Exit {
         Exit::ConnectionLost,
         Exit::OverBudget,
         Exit::Refused,
+        Exit::TlsError,
     ];
 
     pub fn label(self) -> &'static str {
@@ -96,6 +101,7 @@ impl Exit {
             Exit::ConnectionLost => "connection_lost",
             Exit::OverBudget => "memory_budget",
             Exit::Refused => "refused",
+            Exit::TlsError => "tls_error",
         }
     }
 }
@@ -111,7 +117,8 @@ impl Reason {
             | Reason::Protocol(_)
             | Reason::HandshakeTimeout
             | Reason::IdleTimeout
-            | Reason::Refused(_) => log::Level::Info,
+            | Reason::Refused(_)
+            | Reason::TlsFailed => log::Level::Info,
             Reason::ClientClosed(_)
             | Reason::HttpDone
             | Reason::LingerTimeout
@@ -158,6 +165,7 @@ impl Reason {
             Reason::ConnectionLost(_) => Exit::ConnectionLost,
             Reason::OverBudget => Exit::OverBudget,
             Reason::Refused(_) => Exit::Refused,
+            Reason::TlsFailed => Exit::TlsError,
         }
     }
 }
@@ -182,6 +190,9 @@ impl fmt::Display for Reason {
                 f.write_str("dropping with 1013: the hub is over --max-buffered-bytes and this client holds the most")
             }
             Reason::Refused(why) => write!(f, "refused: {why}"),
+            Reason::TlsFailed => {
+                f.write_str("TLS failed (handshake, client certificate or record; debug level says which)")
+            }
         }
     }
 }

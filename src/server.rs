@@ -565,12 +565,14 @@ type TlsConfig = Arc<rustls::ServerConfig>;
 #[cfg(not(feature = "tls"))]
 type TlsConfig = std::convert::Infallible;
 
-/// The TLS settings `--tls-cert`/`--tls-key` name, if any.
+/// The TLS settings `--tls-cert`/`--tls-key` (and `--tls-client-ca`) name,
+/// if any.
 fn load_tls(config: &Config) -> Result<Option<TlsConfig>, String> {
     match (&config.tls_cert, &config.tls_key) {
+        (None, None) if config.tls_client_ca.is_some() => Err("--tls-client-ca needs --tls-cert and --tls-key".into()),
         (None, None) => Ok(None),
         #[cfg(feature = "tls")]
-        (Some(cert), Some(key)) => crate::tls::server_config(cert, key).map(Some),
+        (Some(cert), Some(key)) => crate::tls::server_config(cert, key, config.tls_client_ca.as_deref()).map(Some),
         #[cfg(not(feature = "tls"))]
         (Some(_), Some(_)) => Err("this wshub was built without the `tls` feature; --tls-* flags need it".into()),
         _ => Err("--tls-cert and --tls-key go together".into()),

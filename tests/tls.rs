@@ -182,6 +182,7 @@ fn plaintext_http_on_the_tls_port_gets_no_http_answer() {
     assert!(!reply.starts_with(b"HTTP/"), "{:?}", String::from_utf8_lossy(&reply));
     // What comes back, if anything, is a TLS alert record.
     assert!(reply.is_empty() || reply[0] == 0x15, "{reply:?}");
+    wait_until("counted as a TLS error", || hub.publisher.stats().exited(Exit::TlsError) == 1);
     // The hub goes on serving TLS clients.
     let mut ws = wss(&hub, &cert, "/ws");
     ws.send(Message::text("still fine")).unwrap();
@@ -226,6 +227,87 @@ fn sighup_reloads_the_certificate_while_connections_stay_open() {
     let mut still = wss_at(bin.addr, &second, "/ws");
     still.send(Message::text("still served")).unwrap();
     assert_eq!(next_text(&mut still), "still served");
+    bin.signal("TERM");
+    assert!(bin.wait_exit().success());
+}
+
+/// A client TLS stream presenting `identity` (a chain and its key), if any.
+fn tls_connect_as(
+    addr: SocketAddr,
+    server: &Cert,
+    identity: Option<(Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+) -> TlsClient {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.der.clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn client_certificates_must_chain_to_the_client_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_named = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        (params.self_signed(&key).unwrap(), key)
+    };
+    let (fleet_ca, fleet_key) = ca_named("Fleet CA");
+    let (other_ca, other_key) = ca_named("Some other CA");
+    let device = |cn: &str, ca: &rcgen::Certificate, ca_key: &KeyPair, expired: bool| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::OrganizationName, "Fleet");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, ca, ca_key).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        Some((vec![cert.der().clone()], key))
+    };
+    let server = cert();
+    let ca_file = server.config.tls_cert.as_ref().unwrap().with_file_name("client-ca.pem");
+    std::fs::write(&ca_file, fleet_ca.pem()).unwrap();
+    let (cert_path, key_path) = (server.config.tls_cert.clone().unwrap(), server.config.tls_key.clone().unwrap());
+    let mut bin = Binary::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+        "--tls-client-ca",
+        ca_file.to_str().unwrap(),
+    ]);
+    let upgrade =
+        |stream: TlsClient| tungstenite::client::client("wss://localhost/ws", stream).map_err(|e| e.to_string());
+
+    let (mut ws, _) = upgrade(tls_connect_as(bin.addr, &server, device("device-17", &fleet_ca, &fleet_key, false)))
+        .expect("a device of the fleet connects");
+    ws.send(Message::text("from device-17")).unwrap();
+    assert_eq!(next_text(&mut ws), "from device-17");
+    let line = bin.wait_for_log("client certificate");
+    assert!(line.contains("CN=device-17") && line.contains("O=Fleet"), "the subject is logged: {line}");
+
+    for (what, identity) in [
+        ("signed by another CA", device("intruder", &other_ca, &other_key, false)),
+        ("expired", device("old-device", &fleet_ca, &fleet_key, true)),
+        ("no certificate", None),
+    ] {
+        assert!(upgrade(tls_connect_as(bin.addr, &server, identity)).is_err(), "{what}: refused");
+        bin.wait_for_log("TLS failed");
+    }
     bin.signal("TERM");
     assert!(bin.wait_exit().success());
 }
