@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Upgrades per second with and without token verification.
+"""Upgrades per second with and without token verification, and over TLS.
 
     python3 benches/upgrades.py [--quick]
 
 Runs the release wshub pinned to core 0, once per scenario: no keys (no
 token), HS256, ES256 and EdDSA (keys and tokens from benches/tokens.py,
-which uses the `openssl` command). Clients on core 1 open connections one
+which uses the `openssl` command), and a full TLS handshake (a P-256
+certificate from `openssl`, no session resumption) before the upgrade. Clients on core 1 open connections one
 after another, upgrade with `?token=`, and reset the connection (SO_LINGER 0,
 so no TIME_WAIT piles up). The figure that matters is the server's CPU per
 upgrade, read from /proc; scenarios alternate within each repetition and
@@ -16,6 +17,7 @@ import multiprocessing
 import os
 import re
 import socket
+import ssl
 import statistics
 import struct
 import subprocess
@@ -46,13 +48,21 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def client(port, path, until, counter):
+def client(port, path, until, counter, tls):
     request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
     done = 0
+    context = None
+    if tls:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     while time.time() < until:
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if context:
+            # A new handshake each time: no session is offered for resumption.
+            s = context.wrap_socket(s, server_hostname="localhost")
         s.sendall(request)
         head = b""
         while b"\r\n\r\n" not in head:
@@ -68,7 +78,7 @@ def client(port, path, until, counter):
         counter.value += done
 
 
-def run(args, path):
+def run(args, path, tls=False):
     port = free_port()
     server = subprocess.Popen(["taskset", "-c", "0", WSHUB, "--listen", f"127.0.0.1:{port}", "--log-level", "warn"]
                               + args, stderr=subprocess.DEVNULL)
@@ -85,7 +95,7 @@ def run(args, path):
         counter = multiprocessing.Value("q", 0)
         cpu_before, wall_before = cpu_seconds(server.pid), time.time()
         until = wall_before + DURATION
-        procs = [multiprocessing.Process(target=client, args=(port, path, until, counter)) for _ in range(CLIENTS)]
+        procs = [multiprocessing.Process(target=client, args=(port, path, until, counter, tls)) for _ in range(CLIENTS)]
         for p in procs:
             p.start()
             os.sched_setaffinity(p.pid, {1})
@@ -112,10 +122,16 @@ def main():
         ("ES256", ["--jwt-public-key-file", keys["ec.pub.pem"]], "/ws?token=" + tokens.es256(keys["ec.pem"], claims)),
         ("EdDSA", ["--jwt-public-key-file", keys["ed.pub.pem"]], "/ws?token=" + tokens.eddsa(keys["ed.pem"], claims)),
     ]
+    certs = tempfile.mkdtemp(prefix="wshub-upgrades-tls-")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=localhost", "-keyout", f"{certs}/key.pem", "-out", f"{certs}/cert.pem"],
+                   check=True, capture_output=True)
+    tls_args = ["--tls-cert", f"{certs}/cert.pem", "--tls-key", f"{certs}/key.pem"]
+    scenarios.append(("TLS 1.3 full handshake, no token", tls_args, "/ws"))
     runs = {name: [] for name, _, _ in scenarios}
     for _ in range(REPEAT):
         for name, args, path in scenarios:
-            runs[name].append(run(args, path))
+            runs[name].append(run(args, path, tls=args is tls_args))
     print(f"machine: {os.cpu_count()} cores, {cpu}; wshub on core 0, {CLIENTS} Python clients on core 1; "
           f"{REPEAT} x {DURATION:.0f} s, medians\n")
     print("| token | upgrades/s (wall) | upgrades per server CPU-second | server CPU per upgrade |")
