@@ -3,10 +3,13 @@
 //!
 //! A `TlsStream` is a transport like a TCP socket: reading decrypts into the
 //! caller's buffer (the driver's shared 64 KiB read buffer), writing
-//! encrypts the plaintext the connection's queue hands it, as late as
-//! possible; frames stay shared plaintext in the queues. Records rustls
-//! could not put on the wire yet (a full socket) are "pending output": the
-//! hub waits for a writable event and flushes them before anything else.
+//! encrypts the plaintext the connection's queue hands it, one record at a
+//! time, as late as possible; frames stay shared plaintext in the queues.
+//! rustls' unbuffered API keeps an idle connection small: TLS bytes are read
+//! and records encrypted in buffers the thread shares, and a connection
+//! holds a buffer only for what is left over (a partial record, records a
+//! full socket refused: its "pending output", flushed first on the next
+//! writable event).
 //! Handshake failures and plaintext on the TLS port surface as read errors,
 //! so they end through the hub's one exit path, logged (rate-limited) and
 //! counted; a stalled handshake is bound by `--handshake-timeout` because
@@ -19,8 +22,9 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls::server::{UnbufferedServerConnection, WebPkiClientVerifier};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError};
+use rustls::{RootCertStore, ServerConfig};
 
 /// Most plaintext handed to rustls per write: one full TLS record.
 const RECORD: usize = 16 * 1024;
@@ -62,33 +66,76 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
     Ok(Arc::new(config))
 }
 
-/// One TLS connection over a non-blocking TCP socket.
+/// One TLS connection over a non-blocking TCP socket, on rustls'
+/// unbuffered API: the connection owns no buffer while it is idle. Bytes are
+/// read into, and records encrypted in, buffers shared by the whole thread;
+/// only what is left over (a partial record, records the socket refused,
+/// plaintext the caller had no room for) is kept per connection, and freed
+/// as soon as it is used up.
 pub struct TlsStream {
     tcp: TcpStream,
-    tls: ServerConnection,
+    tls: UnbufferedServerConnection,
+    /// Received TLS bytes not processed yet (a partial record).
+    incoming: Vec<u8>,
+    /// Encrypted bytes the socket has not taken yet.
+    outgoing: Vec<u8>,
+    /// Decrypted bytes the caller had no room for.
+    plaintext: Vec<u8>,
     /// The handshake finished and was accounted for (client subject logged).
     handshake_done: bool,
+    /// TCP EOF seen, or close_notify received.
+    eof: bool,
+}
+
+/// Most TLS bytes read from a socket per call, and the size of the
+/// thread's shared read and encryption buffers.
+const SCRATCH: usize = 64 * 1024;
+/// Record overhead allowance for encryption (header, tag, content type).
+const OVERHEAD: usize = 64;
+
+thread_local! {
+    /// Shared by every TLS connection of the loop's thread.
+    static SCRATCH_IN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Puts `outgoing` on the wire until it is empty (then frees it) or the
+/// socket is full (`WouldBlock`).
+fn flush(tcp: &mut TcpStream, outgoing: &mut Vec<u8>) -> io::Result<()> {
+    while !outgoing.is_empty() {
+        match tcp.write(outgoing) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                outgoing.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    *outgoing = Vec::new();
+    Ok(())
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl TlsStream {
     pub fn new(tcp: TcpStream, config: &Arc<ServerConfig>) -> io::Result<TlsStream> {
-        let tls = ServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
-        Ok(TlsStream { tcp, tls, handshake_done: false })
+        let tls = UnbufferedServerConnection::new(Arc::clone(config)).map_err(io::Error::other)?;
+        Ok(TlsStream {
+            tcp,
+            tls,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            plaintext: Vec::new(),
+            handshake_done: false,
+            eof: false,
+        })
     }
 
     pub fn tcp(&mut self) -> &mut TcpStream {
         &mut self.tcp
-    }
-
-    /// Puts pending records on the wire until none are left or the socket
-    /// is full (`WouldBlock`).
-    fn flush_records(&mut self) -> io::Result<()> {
-        while self.tls.wants_write() {
-            if self.tls.write_tls(&mut self.tcp)? == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-        }
-        Ok(())
     }
 
     fn peer(&self) -> String {
@@ -106,10 +153,122 @@ impl TlsStream {
         }
     }
 
-    /// Sends what rustls has to say (handshake messages, alerts) without
-    /// failing the read that produced it: a full socket keeps it pending.
-    fn flush_quietly(&mut self) {
-        let _ = self.flush_records();
+    fn flush_records(&mut self) -> io::Result<()> {
+        flush(&mut self.tcp, &mut self.outgoing)
+    }
+
+    /// Sends `bytes` (encrypted), keeping what the socket refuses.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        if self.outgoing.is_empty() {
+            while sent < bytes.len() {
+                match self.tcp.write(&bytes[sent..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.outgoing.extend_from_slice(&bytes[sent..]);
+        Ok(())
+    }
+
+    /// Runs rustls over the received bytes in `buffer` until it needs more:
+    /// decrypted data goes to `self.plaintext`, handshake records out to the
+    /// peer. Returns how many bytes of `buffer` were used up.
+    fn process(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let TlsStream { tcp, tls, outgoing, plaintext, eof, .. } = self;
+        let mut used = 0;
+        loop {
+            let status = tls.process_tls_records(&mut buffer[used..]);
+            let discard = status.discard;
+            let mut more = true;
+            match status.state.map_err(tls_error)? {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        plaintext.extend_from_slice(record.map_err(tls_error)?.payload);
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    let mut record = vec![0; 1024];
+                    let n = loop {
+                        match encode.encode(&mut record) {
+                            Ok(n) => break n,
+                            Err(EncodeError::InsufficientSize(need)) => record.resize(need.required_size, 0),
+                            Err(e) => return Err(io::Error::other(e.to_string())),
+                        }
+                    };
+                    outgoing.extend_from_slice(&record[..n]);
+                }
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    match flush(tcp, outgoing) {
+                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                        _ => {}
+                    }
+                }
+                ConnectionState::PeerClosed | ConnectionState::Closed => {
+                    *eof = true;
+                    more = false;
+                }
+                // Needs more bytes, or has nothing more to say until we write.
+                _ => more = false,
+            }
+            used += discard;
+            if !more {
+                break;
+            }
+        }
+        if !self.handshake_done && !self.tls.is_handshaking() {
+            self.handshake_done = true;
+            self.log_client_subject();
+        }
+        Ok(used)
+    }
+
+    /// Reads what the socket has and processes it; false when it had nothing.
+    fn receive(&mut self) -> io::Result<bool> {
+        SCRATCH_IN.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            // Leftover bytes of a partial record go first.
+            let kept = std::mem::take(&mut self.incoming);
+            scratch.clear();
+            scratch.extend_from_slice(&kept);
+            let start = scratch.len();
+            scratch.resize(start + SCRATCH, 0);
+            let n = match self.tcp.read(&mut scratch[start..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    0
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    scratch.truncate(start);
+                    self.incoming = scratch[..start].to_vec();
+                    return Err(e);
+                }
+            };
+            scratch.truncate(start + n);
+            let used = self.process(&mut scratch[..])?;
+            if used < scratch.len() {
+                self.incoming = scratch[used..].to_vec();
+            }
+            Ok(n > 0)
+        })
+    }
+
+    /// Hands out decrypted bytes; frees the buffer once it is used up.
+    fn take_plaintext(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.plaintext.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.plaintext[..n]);
+        if n == self.plaintext.len() {
+            self.plaintext = Vec::new();
+        } else {
+            self.plaintext.drain(..n);
+        }
+        n
     }
 }
 
@@ -117,72 +276,52 @@ impl Read for TlsStream {
     /// Decrypts into `buf` until it is full or the socket is drained, so a
     /// short read means "drained", as with TCP (readiness is edge-triggered).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut filled = 0;
-        loop {
-            match self.tls.reader().read(&mut buf[filled..]) {
-                // close_notify received: the peer's clean EOF.
-                Ok(0) => return Ok(filled),
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        return Ok(filled);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                // A TCP EOF without close_notify: most clients end so, and
-                // WebSocket frames its own ending; an EOF like TCP's.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(filled),
-                Err(e) if filled > 0 => {
-                    // Deliver what came first; the error comes back next read.
-                    let _ = e;
+        let mut filled = self.take_plaintext(buf);
+        while filled < buf.len() && !self.eof {
+            match self.receive() {
+                Ok(_) => filled += self.take_plaintext(&mut buf[filled..]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
+                Err(e) if filled > 0 && e.kind() != io::ErrorKind::WouldBlock => {
+                    // Deliver what came first; the failure shows on the next read.
+                    self.eof = true;
                     return Ok(filled);
                 }
                 Err(e) => return Err(e),
             }
-            match self.tls.read_tls(&mut self.tcp) {
-                // TCP EOF: the reader reports it (without close_notify, as
-                // UnexpectedEof) on the next turn of the loop.
-                Ok(0) if filled > 0 => return Ok(filled),
-                Ok(_) => {
-                    if let Err(e) = self.tls.process_new_packets() {
-                        log::debug!("{}: TLS: {e}", self.peer());
-                        // rustls queued an alert for the peer: send it.
-                        self.flush_quietly();
-                        return if filled > 0 {
-                            Ok(filled)
-                        } else {
-                            Err(io::Error::new(io::ErrorKind::InvalidData, e))
-                        };
-                    }
-                    if self.tls.wants_write() {
-                        self.flush_quietly();
-                    }
-                    if !self.handshake_done && !self.tls.is_handshaking() {
-                        self.handshake_done = true;
-                        self.log_client_subject();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && filled > 0 => return Ok(filled),
-                Err(e) => return Err(e),
-            }
         }
+        Ok(filled)
     }
 }
 
 impl Write for TlsStream {
-    /// Encrypts up to one record of `buf`; refuses (`WouldBlock`) while
-    /// earlier records are still waiting for the socket, so the plaintext
-    /// waits in the connection's queue (shared frames), not in rustls.
+    /// Encrypts up to one record of `buf` in the thread's shared buffer and
+    /// sends it; refuses (`WouldBlock`) while earlier records wait for the
+    /// socket, so plaintext waits in the connection's queue (shared frames).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.flush_records()?;
-        let n = self.tls.writer().write(&buf[..buf.len().min(RECORD)])?;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        match self.flush_records() {
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
-            _ => Ok(n),
-        }
+        // Whatever rustls has to send first (session tickets, a key update).
+        self.process(&mut [])?;
+        self.flush_records()?;
+        let take = buf.len().min(RECORD);
+        let status = self.tls.process_tls_records(&mut []);
+        let mut traffic = match status.state.map_err(tls_error)? {
+            ConnectionState::WriteTraffic(traffic) => traffic,
+            // Not ready for application data (still handshaking).
+            _ => return Err(io::ErrorKind::WouldBlock.into()),
+        };
+        let encrypted = SCRATCH_OUT.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            out.resize(take + OVERHEAD, 0);
+            loop {
+                match traffic.encrypt(&buf[..take], &mut out) {
+                    Ok(n) => return Ok(n),
+                    Err(EncryptError::InsufficientSize(need)) => out.resize(need.required_size, 0),
+                    Err(e) => return Err(io::Error::other(e.to_string())),
+                }
+            }
+        })?;
+        SCRATCH_OUT.with(|scratch| self.send(&scratch.borrow()[..encrypted]))?;
+        Ok(take)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -193,13 +332,22 @@ impl Write for TlsStream {
 impl TlsStream {
     /// `close_notify`, then the TCP half-close once every record is out.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
-        self.tls.send_close_notify();
         self.flush_records()?;
+        self.process(&mut [])?;
+        self.flush_records()?;
+        let status = self.tls.process_tls_records(&mut []);
+        if let Ok(ConnectionState::WriteTraffic(mut traffic)) = status.state {
+            let mut alert = vec![0; 64];
+            if let Ok(n) = traffic.queue_close_notify(&mut alert) {
+                self.send(&alert[..n])?;
+                self.flush_records()?;
+            }
+        }
         self.tcp.shutdown(std::net::Shutdown::Write)
     }
 
     pub fn has_pending_output(&self) -> bool {
-        self.tls.wants_write()
+        !self.outgoing.is_empty()
     }
 
     pub fn flush_pending(&mut self) -> io::Result<()> {
