@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """wshub vs the tokio hub, fan-out and memory, in one run.
 
-    python3 benches/fanout.py [--quick] [--extra NAME=PATH ...] [--no-idle] [--auth]
+    python3 benches/fanout.py [--quick] [--extra NAME=PATH ...] [--no-idle] [--auth] [--tls]
 
 Builds wshub, benches/tokio-hub and benches/loadgen in release, then runs
 each scenario against each server, alternating servers within every
@@ -11,7 +11,10 @@ Prints Markdown tables. `--extra NAME=PATH` adds another wshub binary (an
 older build, a variant) to every wshub row, for before/after comparisons in
 one run. `--auth` adds a `wshub-jwt` column: the same binary with an HS256
 key, every client upgrading with a token (verification costs only at the
-upgrade; the table shows the fan-out does not notice). Loopback only; every process it starts is stopped by PID. About
+upgrade; the table shows the fan-out does not notice). `--tls` runs both
+hubs over TLS instead (a P-256 certificate made with `openssl`; the tokio
+version through tokio-rustls, same ring provider and defaults), for the
+N=1000 rows and idle memory. Loopback only; every process it starts is stopped by PID. About
 4.5 minutes (--quick: about 1; each --extra adds about half).
 """
 import json
@@ -33,6 +36,9 @@ REL = os.path.join(ROOT, "target", "release")
 QUICK = "--quick" in sys.argv
 NO_IDLE = "--no-idle" in sys.argv
 AUTH = "--auth" in sys.argv
+TLS = "--tls" in sys.argv
+# Extra load generator arguments for every run (--tls-ca in TLS mode).
+LOADGEN_EXTRA = []
 # The request target each server's clients upgrade with.
 PATHS = {}
 EXTRA = [a.split("=", 1) for i, a in enumerate(sys.argv) if i > 0 and sys.argv[i - 1] == "--extra"]
@@ -88,7 +94,7 @@ def loadgen(server, args):
     try:
         out = subprocess.run(
             ["taskset", "-c", "1", os.path.join(REL, "loadgen"), "--addr", f"127.0.0.1:{port}",
-             "--pid", str(proc.pid)] + args + (["--path", PATHS[server]] if server in PATHS else []),
+             "--pid", str(proc.pid)] + args + LOADGEN_EXTRA + (["--path", PATHS[server]] if server in PATHS else []),
             capture_output=True, text=True, timeout=300)
     finally:
         stop(proc)
@@ -125,6 +131,17 @@ def main():
         claims = {"sub": "bench", "subscribe": ["*"], "publish": ["*"], "exp": int(time.time()) + 86400}
         PATHS["wshub-jwt"] = "/ws?token=" + tokens.hs256(tokens.secret_of(keys), claims)
         WSHUB_VARIANTS.append("wshub-jwt")
+    if TLS:
+        certs = tempfile.mkdtemp(prefix="wshub-fanout-tls-")
+        cert, key = f"{certs}/cert.pem", f"{certs}/key.pem"
+        # CA:FALSE: rustls clients refuse a CA certificate as a server's.
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                        "-addext", "basicConstraints=critical,CA:FALSE", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        for name in ["wshub", "tokio", "tokio-4k"] + WSHUB_VARIANTS:
+            SERVERS[name] = SERVERS[name] + ["--tls-cert", cert, "--tls-key", key]
+        LOADGEN_EXTRA.extend(["--tls-ca", cert])
     print("building (release)...", file=sys.stderr)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "wshub", "-p", "tokio-hub", "-p", "loadgen"],
                    cwd=ROOT, check=True)
@@ -159,6 +176,21 @@ def main():
         return results
 
     common = ["--mode", "closed", "--window", "16", "--warmup", "1", "--duration", DURATION]
+    if TLS:
+        load_row("TLS, N=1000, 64 B, W=16", ["--clients", "1000", "--size", "64"] + common)
+        load_row("TLS, N=1000, 1 KiB, W=16", ["--clients", "1000", "--size", "1024"] + common)
+        print("\n| scenario | server | deliveries/s | deliveries per server CPU-s | vs tokio | p50 ms | p99 ms | p99 vs tokio | server RSS | lost/reordered |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        if not NO_IDLE:
+            print("\n| idle TLS connections | server | RSS before | RSS after | bytes per connection |")
+            print("| --- | --- | --- | --- | --- |")
+            for srv in ["wshub", "tokio"]:
+                print(f"  idle TLS 10000: {srv}", file=sys.stderr)
+                r = loadgen(srv, ["--clients", "10000", "--mode", "idle"])
+                print(f"| 10000 | {srv} | {r['rss_before_kib'] / 1024:.1f} MiB | {r['rss_kib'] / 1024:.1f} MiB | {r['bytes_per_conn']:.0f} |")
+        return
     main_run = load_row("N=1000, 64 B, W=16", ["--clients", "1000", "--size", "64"] + common,
                         servers=("wshub", "tokio", "tokio-mt"))
     load_row("N=100, 64 B, W=16", ["--clients", "100", "--size", "64"] + common)

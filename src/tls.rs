@@ -92,11 +92,14 @@ pub struct TlsStream {
 const SCRATCH: usize = 64 * 1024;
 /// Record overhead allowance for encryption (header, tag, content type).
 const OVERHEAD: usize = 64;
+/// Most plaintext encrypted and sent per write: four full records.
+const BATCH: usize = 4 * RECORD;
 
 thread_local! {
     /// Shared by every TLS connection of the loop's thread.
     static SCRATCH_IN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     static SCRATCH_OUT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH_PLAIN: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Puts `outgoing` on the wire until it is empty (then frees it) or the
@@ -232,28 +235,29 @@ impl TlsStream {
     fn receive(&mut self) -> io::Result<bool> {
         SCRATCH_IN.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            // Leftover bytes of a partial record go first.
+            // Leftover bytes of a partial record go first. The buffer only
+            // grows (zeroed once), so a read costs no fill.
             let kept = std::mem::take(&mut self.incoming);
-            scratch.clear();
-            scratch.extend_from_slice(&kept);
-            let start = scratch.len();
-            scratch.resize(start + SCRATCH, 0);
-            let n = match self.tcp.read(&mut scratch[start..]) {
+            let start = kept.len();
+            if scratch.len() < start + SCRATCH {
+                scratch.resize(start + SCRATCH, 0);
+            }
+            scratch[..start].copy_from_slice(&kept);
+            let n = match self.tcp.read(&mut scratch[start..start + SCRATCH]) {
                 Ok(0) => {
                     self.eof = true;
                     0
                 }
                 Ok(n) => n,
                 Err(e) => {
-                    scratch.truncate(start);
-                    self.incoming = scratch[..start].to_vec();
+                    self.incoming = kept;
                     return Err(e);
                 }
             };
-            scratch.truncate(start + n);
-            let used = self.process(&mut scratch[..])?;
-            if used < scratch.len() {
-                self.incoming = scratch[used..].to_vec();
+            let end = start + n;
+            let used = self.process(&mut scratch[..end])?;
+            if used < end {
+                self.incoming = scratch[used..end].to_vec();
             }
             Ok(n > 0)
         })
@@ -294,34 +298,31 @@ impl Read for TlsStream {
 }
 
 impl Write for TlsStream {
-    /// Encrypts up to one record of `buf` in the thread's shared buffer and
-    /// sends it; refuses (`WouldBlock`) while earlier records wait for the
+    /// Encrypts up to `BATCH` bytes of `buf` as full records and sends them
+    /// in one go; refuses (`WouldBlock`) while earlier records wait for the
     /// socket, so plaintext waits in the connection's queue (shared frames).
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.flush_records()?;
-        // Whatever rustls has to send first (session tickets, a key update).
-        self.process(&mut [])?;
-        self.flush_records()?;
-        let take = buf.len().min(RECORD);
-        let status = self.tls.process_tls_records(&mut []);
-        let mut traffic = match status.state.map_err(tls_error)? {
-            ConnectionState::WriteTraffic(traffic) => traffic,
-            // Not ready for application data (still handshaking).
-            _ => return Err(io::ErrorKind::WouldBlock.into()),
-        };
-        let encrypted = SCRATCH_OUT.with(|scratch| {
-            let mut out = scratch.borrow_mut();
-            out.resize(take + OVERHEAD, 0);
-            loop {
-                match traffic.encrypt(&buf[..take], &mut out) {
-                    Ok(n) => return Ok(n),
-                    Err(EncryptError::InsufficientSize(need)) => out.resize(need.required_size, 0),
-                    Err(e) => return Err(io::Error::other(e.to_string())),
+        self.encrypt_and_send(&buf[..buf.len().min(BATCH)])
+    }
+
+    /// Gathers the queue's frames into full records (the 16 KiB cork is one
+    /// record), as plain TCP gathers them into one `writev`.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        if let [one] = bufs {
+            return self.write(one);
+        }
+        SCRATCH_PLAIN.with(|plain| {
+            let mut plain = plain.borrow_mut();
+            plain.clear();
+            for buf in bufs {
+                let room = BATCH - plain.len();
+                plain.extend_from_slice(&buf[..buf.len().min(room)]);
+                if plain.len() == BATCH {
+                    break;
                 }
             }
-        })?;
-        SCRATCH_OUT.with(|scratch| self.send(&scratch.borrow()[..encrypted]))?;
-        Ok(take)
+            self.encrypt_and_send(&plain)
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -330,6 +331,48 @@ impl Write for TlsStream {
 }
 
 impl TlsStream {
+    /// Encrypts `plain` (at most `BATCH` bytes) into records in the
+    /// thread's shared buffer and sends them with one write; what the socket
+    /// refuses is kept as pending output. Returns `plain.len()`.
+    fn encrypt_and_send(&mut self, plain: &[u8]) -> io::Result<usize> {
+        self.flush_records()?;
+        // Whatever rustls has to send first (session tickets, a key update).
+        self.process(&mut [])?;
+        self.flush_records()?;
+        let status = self.tls.process_tls_records(&mut []);
+        let mut traffic = match status.state.map_err(tls_error)? {
+            ConnectionState::WriteTraffic(traffic) => traffic,
+            // Not ready for application data (still handshaking).
+            _ => return Err(io::ErrorKind::WouldBlock.into()),
+        };
+        let encrypted = SCRATCH_OUT.with(|scratch| {
+            let mut out = scratch.borrow_mut();
+            let need = plain.len() + plain.len().div_ceil(RECORD).max(1) * OVERHEAD;
+            if out.len() < need {
+                out.resize(need, 0);
+            }
+            let mut at = 0;
+            for record in plain.chunks(RECORD) {
+                loop {
+                    match traffic.encrypt(record, &mut out[at..]) {
+                        Ok(n) => {
+                            at += n;
+                            break;
+                        }
+                        Err(EncryptError::InsufficientSize(more)) => {
+                            let len = at + more.required_size;
+                            out.resize(len, 0);
+                        }
+                        Err(e) => return Err(io::Error::other(e.to_string())),
+                    }
+                }
+            }
+            Ok(at)
+        })?;
+        SCRATCH_OUT.with(|scratch| self.send(&scratch.borrow()[..encrypted]))?;
+        Ok(plain.len())
+    }
+
     /// `close_notify`, then the TCP half-close once every record is out.
     pub fn shutdown_write(&mut self) -> io::Result<()> {
         self.flush_records()?;

@@ -10,6 +10,10 @@
 //!   loadgen --addr 127.0.0.1:8080 --pid PID --clients N
 //!           [--size BYTES] [--mode closed|rate|idle] [--window W] [--rate MSGS_PER_S]
 //!           [--warmup SECS] [--duration SECS] [--sources K] [--path /ws?token=...]
+//!           [--tls-ca PEM]
+//!
+//! `--tls-ca`: connect over TLS (rustls, ring), trusting that certificate,
+//! as server name `localhost`.
 //!
 //! closed: at most W messages in flight (a message is done when all N clients
 //! have it). rate: a fixed number of messages per second. idle: connect, wait,
@@ -40,6 +44,8 @@ struct Options {
     sources: u8,
     /// The upgrade's request target (a token in the query, for auth runs).
     path: String,
+    /// Connect over TLS, trusting this PEM certificate.
+    tls_ca: Option<String>,
 }
 
 fn parse_options() -> Options {
@@ -55,6 +61,7 @@ fn parse_options() -> Options {
         duration: 5.0,
         sources: 4,
         path: "/ws".into(),
+        tls_ca: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -71,6 +78,7 @@ fn parse_options() -> Options {
             "--duration" => o.duration = parsed(&arg, &value),
             "--sources" => o.sources = parsed(&arg, &value),
             "--path" => o.path = value,
+            "--tls-ca" => o.tls_ca = Some(value),
             _ => fail(&format!("unknown argument {arg}")),
         }
     }
@@ -96,8 +104,93 @@ enum State {
     Open,
 }
 
+/// A client's byte stream: plain TCP, or TLS over it (rustls' buffered
+/// client: the load generator is not what is being measured).
+enum Io {
+    Plain(TcpStream),
+    Tls(TcpStream, Box<rustls::ClientConnection>),
+}
+
+impl Io {
+    /// Sends what rustls has ready, until the socket is full.
+    fn flush_tls(tcp: &mut TcpStream, tls: &mut rustls::ClientConnection) -> io::Result<()> {
+        while tls.wants_write() {
+            match tls.write_tls(tcp) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes progress on the socket's writable side (TLS handshake).
+    fn on_writable(&mut self) -> io::Result<()> {
+        match self {
+            Io::Plain(_) => Ok(()),
+            Io::Tls(tcp, tls) => Io::flush_tls(tcp, tls),
+        }
+    }
+}
+
+impl Read for Io {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(tcp) => tcp.read(buf),
+            Io::Tls(tcp, tls) => loop {
+                match tls.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() != ErrorKind::WouldBlock => return Err(e),
+                    Err(_) => {}
+                }
+                match tls.read_tls(tcp) {
+                    Ok(0) => return Ok(0),
+                    Ok(_) => {
+                        tls.process_new_packets().map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                        Io::flush_tls(tcp, tls)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+}
+
+impl Write for Io {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Io::Plain(tcp) => tcp.write(buf),
+            Io::Tls(tcp, tls) => {
+                let n = tls.writer().write(buf)?;
+                Io::flush_tls(tcp, tls)?;
+                if n == 0 && !buf.is_empty() { Err(ErrorKind::WouldBlock.into()) } else { Ok(n) }
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tls_config(ca: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap_or_else(|e| fail(&format!("--tls-ca: {e}"))) {
+        roots.add(cert.unwrap_or_else(|e| fail(&format!("--tls-ca: {e}")))).unwrap_or_else(|e| fail(&format!("{e}")));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| fail(&format!("{e}")))
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
 struct Conn {
-    stream: TcpStream,
+    stream: Io,
     state: State,
     /// Unparsed bytes (a frame or response head cut by a read).
     pending: Vec<u8>,
@@ -213,6 +306,7 @@ fn main() {
     let mut conns: Vec<Conn> = Vec::with_capacity(o.clients);
     let rss_before = rss_kib(o.pid);
     let request = upgrade_request(o.addr, &o.path);
+    let tls = o.tls_ca.as_deref().map(tls_config);
     let clock = Instant::now();
     let now_ns = || clock.elapsed().as_nanos() as u64;
 
@@ -223,18 +317,32 @@ fn main() {
         while conns.len() < o.clients && conns.len() - opened < CONNECT_BATCH {
             let i = conns.len();
             let source = 1 + (i % o.sources.max(1) as usize) as u8;
-            let mut stream = connect(o.addr, source).unwrap_or_else(|e| fail(&format!("connect #{i}: {e}")));
-            poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE).expect("register");
+            let mut tcp = connect(o.addr, source).unwrap_or_else(|e| fail(&format!("connect #{i}: {e}")));
+            poll.registry().register(&mut tcp, Token(i), Interest::READABLE | Interest::WRITABLE).expect("register");
+            let stream = match &tls {
+                None => Io::Plain(tcp),
+                Some(config) => {
+                    let name = "localhost".try_into().expect("server name");
+                    let conn = rustls::ClientConnection::new(std::sync::Arc::clone(config), name)
+                        .unwrap_or_else(|e| fail(&format!("TLS: {e}")));
+                    Io::Tls(tcp, Box::new(conn))
+                }
+            };
             conns.push(Conn { stream, state: State::Connecting, pending: Vec::new(), out: Vec::new(), next_seq: 0 });
         }
         poll.poll(&mut events, Some(Duration::from_millis(100))).expect("poll");
         for event in events.iter() {
             let c = &mut conns[event.token().0];
             if c.state == State::Connecting && event.is_writable() {
+                // Over TLS the request waits in rustls until the handshake is done.
                 if let Err(e) = c.stream.write_all(&request) {
                     fail(&format!("sending upgrade: {e}"));
                 }
                 c.state = State::AwaitingUpgrade;
+            } else if event.is_writable()
+                && let Err(e) = c.stream.on_writable()
+            {
+                fail(&format!("TLS: {e}"));
             }
             if c.state == State::AwaitingUpgrade && event.is_readable() {
                 let mut buf = [0u8; 1024];

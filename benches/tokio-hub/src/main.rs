@@ -5,16 +5,19 @@
 //! including the sender, opcode preserved.
 //!
 //!   tokio-hub [--listen ADDR] [--runtime current|multi] [--buffers BYTES]
+//!             [--tls-cert PEM --tls-key PEM]
 //!
 //! `--buffers` sets tungstenite's read and write buffer sizes (default:
-//! tungstenite's own, 128 KiB each).
+//! tungstenite's own, 128 KiB each). `--tls-*`: TLS through tokio-rustls,
+//! with the same crypto provider (ring) and defaults as wshub.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -29,6 +32,7 @@ fn main() {
     let mut listen = "127.0.0.1:8081".to_string();
     let mut multi = false;
     let mut buffers: Option<usize> = None;
+    let (mut cert, mut key) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -36,6 +40,8 @@ fn main() {
             "--listen" => listen = value(),
             "--runtime" => multi = value() == "multi",
             "--buffers" => buffers = Some(value().parse().expect("--buffers BYTES")),
+            "--tls-cert" => cert = Some(value()),
+            "--tls-key" => key = Some(value()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -49,10 +55,31 @@ fn main() {
         tokio::runtime::Builder::new_current_thread().enable_io().build()
     }
     .expect("runtime");
-    runtime.block_on(serve(listen, config));
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(&cert, &key)),
+        _ => None,
+    };
+    runtime.block_on(serve(listen, config, tls));
 }
 
-async fn serve(listen: String, config: WebSocketConfig) {
+/// The same TLS settings as wshub's: ring, safe defaults, ALPN http/1.1.
+fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).expect("cert").collect::<Result<_, _>>().expect("cert");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("certificate");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn serve(listen: String, config: WebSocketConfig, tls: Option<tokio_rustls::TlsAcceptor>) {
     let listener = TcpListener::bind(&listen).await.expect("bind");
     eprintln!("tokio-hub listening on ws://{}/ws", listener.local_addr().expect("addr"));
     let clients: Clients = Arc::default();
@@ -61,13 +88,28 @@ async fn serve(listen: String, config: WebSocketConfig) {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         let id = ids.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(handle(stream, id, Arc::clone(&clients), config));
+        let clients = Arc::clone(&clients);
+        match tls.clone() {
+            None => {
+                tokio::spawn(handle(stream, id, clients, config));
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        handle(stream, id, clients, config).await;
+                    }
+                });
+            }
+        }
     }
 }
 
 // The callback's error type is tungstenite's `ErrorResponse`, not ours to shrink.
 #[allow(clippy::result_large_err)]
-async fn handle(stream: TcpStream, id: u64, clients: Clients, config: WebSocketConfig) {
+async fn handle<S>(stream: S, id: u64, clients: Clients, config: WebSocketConfig)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let only_ws = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         if req.uri().path() == "/ws" {
             Ok(resp)
