@@ -383,7 +383,12 @@ impl TlsStream {
             let mut alert = vec![0; 64];
             if let Ok(n) = traffic.queue_close_notify(&mut alert) {
                 self.send(&alert[..n])?;
-                self.flush_records()?;
+                // The queue was empty, so the socket has room for an alert;
+                // if it has not, the peer misses only the close_notify.
+                match self.flush_records() {
+                    Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                    _ => {}
+                }
             }
         }
         self.tcp.shutdown(std::net::Shutdown::Write)

@@ -15,28 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::chromium::{self, Browser};
+use common::jwt::hs256_with;
 use common::*;
-use ring::hmac;
 use wshub::{Config, OriginPolicy};
 
 const SECRET: &str = "a browser-test secret of at least 32 bytes";
 
-fn b64url(bytes: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 fn hs256(claims: &str) -> String {
-    let input = format!("{}.{}", b64url(br#"{"alg":"HS256","typ":"JWT"}"#), b64url(claims.as_bytes()));
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    format!("{input}.{}", b64url(hmac::sign(&key, input.as_bytes()).as_ref()))
+    hs256_with(SECRET.as_bytes(), claims)
 }
 
 /// The page: connects to the hub and reports every event back to the server

@@ -10,6 +10,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use common::jwt::{b64url, hs256_with, token};
 use common::*;
 use ring::hmac;
 use ring::rand::SystemRandom;
@@ -17,18 +18,6 @@ use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyP
 use wshub::{Config, Server};
 
 const SECRET: &str = "correct horse battery staple, 32+ bytes of secret";
-
-fn b64url(bytes: &[u8]) -> String {
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
 
 fn b64(bytes: &[u8]) -> String {
     let url = b64url(bytes).replace('-', "+").replace('_', "/");
@@ -40,24 +29,19 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
-/// `header.payload.signature`, signed by `sign`.
-fn token(alg: &str, claims: &str, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
-    let input =
-        format!("{}.{}", b64url(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes()), b64url(claims.as_bytes()));
-    let sig = sign(input.as_bytes());
-    format!("{input}.{}", b64url(&sig))
-}
-
 fn hs256(claims: &str) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
-    token("HS256", claims, |m| hmac::sign(&key, m).as_ref().to_vec())
+    hs256_with(SECRET.as_bytes(), claims)
 }
 
-/// A file in a directory of this test process's own.
+/// A new file in a directory of this test process's own (a fresh name each
+/// call: tests run in parallel, and a file rewritten while another test's
+/// hub reads it would be a race).
 fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("wshub-tokens-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+    let path = dir.join(format!("{n}-{name}"));
     std::fs::write(&path, contents).unwrap();
     path
 }

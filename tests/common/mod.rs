@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
