@@ -344,10 +344,14 @@ impl<T: Transport> Hub<T> {
     pub fn flush(&mut self, now: Millis) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &id in &dirty {
-            if let Some(client) = self.clients.get_mut(id) {
-                client.dirty = false;
+            // One slab lookup per client (this loop runs once per delivery
+            // at low rates).
+            let Some(client) = self.clients.get_mut(id) else { continue };
+            client.dirty = false;
+            if let Err(e) = write_client(client, &mut self.cork, now, &mut self.stats) {
+                debug!("{}: write: {e}", client.conn.peer());
+                self.remove(id, Reason::ConnectionLost(e.kind()), now);
             }
-            self.write(id, now);
         }
         dirty.clear();
         // Keep the list's memory for the next turn.

@@ -40,6 +40,7 @@ pub enum Stream {
 
 impl Stream {
     /// The socket under it, for readiness registration.
+    #[inline]
     pub fn tcp(&mut self) -> &mut mio::net::TcpStream {
         match self {
             Stream::Plain(tcp) => tcp,
@@ -50,6 +51,7 @@ impl Stream {
 }
 
 impl Read for Stream {
+    #[inline]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.read(buf),
@@ -60,6 +62,7 @@ impl Read for Stream {
 }
 
 impl Write for Stream {
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.write(buf),
@@ -68,6 +71,7 @@ impl Write for Stream {
         }
     }
 
+    #[inline]
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Stream::Plain(tcp) => tcp.write_vectored(bufs),
@@ -76,6 +80,7 @@ impl Write for Stream {
         }
     }
 
+    #[inline]
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(tcp) => tcp.flush(),
@@ -86,6 +91,7 @@ impl Write for Stream {
 }
 
 impl Transport for Stream {
+    #[inline]
     fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(tcp) => tcp.shutdown(Shutdown::Write),
@@ -94,6 +100,7 @@ impl Transport for Stream {
         }
     }
 
+    #[inline]
     fn has_pending_output(&self) -> bool {
         match self {
             Stream::Plain(_) => false,
@@ -102,6 +109,7 @@ impl Transport for Stream {
         }
     }
 
+    #[inline]
     fn flush_pending(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(_) => Ok(()),
@@ -112,6 +120,7 @@ impl Transport for Stream {
 }
 
 impl Transport for mio::net::TcpStream {
+    #[inline]
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
     }
