@@ -238,11 +238,23 @@ impl<T: Transport> Hub<T> {
         self.enforce_budget(now);
     }
 
+    /// The transport read bytes it keeps for now (a partial TLS record):
+    /// count them against `--max-buffered-bytes`.
+    pub fn transport_read(&mut self, id: ClientId, now: Millis) {
+        if self.clients.get(id).is_some_and(|c| c.transport.buffered_bytes() > 0 || c.inbound > 0) {
+            self.sync(id);
+            self.enforce_budget(now);
+        }
+    }
+
     /// Brings the hub's books up to date with a connection's state: what it
     /// holds of unfinished input, and whether its request is still pending.
     fn sync(&mut self, id: ClientId) {
         let Some(client) = self.clients.get_mut(id) else { return };
-        let inbound = u32::try_from(client.conn.inbound_bytes()).unwrap_or(u32::MAX);
+        // Unfinished input, the transport's own included (a partial TLS
+        // record, decrypted bytes not read yet): all of it counts.
+        let held = client.conn.inbound_bytes() + client.transport.buffered_bytes();
+        let inbound = u32::try_from(held).unwrap_or(u32::MAX);
         self.inbound = self.inbound + inbound as usize - client.inbound as usize;
         client.inbound = inbound;
         if client.pending && !client.conn.is_requesting() {

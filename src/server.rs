@@ -378,7 +378,12 @@ impl EventLoop {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A transport may have taken bytes without yielding any
+                    // (a partial TLS record): keep the budget's books right.
+                    self.hub.transport_read(id, self.now);
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.hub.lost(id, e.kind(), self.now);

@@ -401,6 +401,12 @@ impl TlsStream {
     pub fn flush_pending(&mut self) -> io::Result<()> {
         self.flush_records()
     }
+
+    /// What this connection holds beyond its TLS state: a partial record,
+    /// undelivered plaintext, refused records (counted by the global budget).
+    pub fn buffered_bytes(&self) -> usize {
+        self.incoming.capacity() + self.plaintext.capacity() + self.outgoing.capacity()
+    }
 }
 
 /// The subject of a certificate as `CN=…, O=…, OU=…` (the attributes a

@@ -29,6 +29,12 @@ pub trait Transport: Read + Write {
     fn flush_pending(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// Bytes the transport holds for this connection (TLS leftovers), so
+    /// that `--max-buffered-bytes` counts them. Plain TCP holds none.
+    fn buffered_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// What the driver accepts: a plain TCP connection, or TLS over one.
@@ -115,6 +121,15 @@ impl Transport for Stream {
             Stream::Plain(_) => Ok(()),
             #[cfg(feature = "tls")]
             Stream::Tls(tls) => tls.flush_pending(),
+        }
+    }
+
+    #[inline]
+    fn buffered_bytes(&self) -> usize {
+        match self {
+            Stream::Plain(_) => 0,
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => tls.buffered_bytes(),
         }
     }
 }

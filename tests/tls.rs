@@ -311,3 +311,17 @@ fn client_certificates_must_chain_to_the_client_ca() {
     bin.signal("TERM");
     assert!(bin.wait_exit().success());
 }
+
+#[test]
+fn a_partial_tls_record_counts_in_the_memory_budget() {
+    let cert = cert();
+    let hub = Hub::start(cert.config.clone());
+    let mut client = tls_connect(hub.addr, &cert);
+    client.conn.complete_io(&mut client.sock).unwrap();
+    wait_until("the handshake is done on both sides", || hub.publisher.stats().pending == 1);
+    let before = hub.publisher.stats().held_bytes;
+    // An application-data record header announcing 16 KiB, and half of it.
+    client.sock.write_all(&[0x17, 0x03, 0x03, 0x40, 0x00]).unwrap();
+    client.sock.write_all(&[0u8; 8 * 1024]).unwrap();
+    wait_until("the hub counts what it holds", || hub.publisher.stats().held_bytes >= before + 8 * 1024);
+}
