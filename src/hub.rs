@@ -83,7 +83,6 @@ pub struct Hub<T> {
     peak_held: usize,
     /// Log lines of connection endings, rate-limited per reason.
     log_limit: LogLimiter,
-    verifies_tokens: bool,
     process_probe: Option<fn() -> Option<ProcessMetrics>>,
 }
 
@@ -103,20 +102,18 @@ impl<T: Transport> Hub<T> {
             inbound: 0,
             peak_held: 0,
             log_limit: LogLimiter::default(),
-            verifies_tokens: false,
             process_probe: None,
         }
     }
 
     /// Verifies `/ws` and publish tokens with these keys (JWT).
     pub fn set_verifier(&mut self, verifier: Option<Verifier>) {
-        self.verifies_tokens = verifier.is_some();
         self.admission.set_verifier(verifier);
     }
 
     /// Whether tokens are checked: the driver then keeps the wall clock.
     pub fn verifies_tokens(&self) -> bool {
-        self.verifies_tokens
+        self.admission.verifies_tokens()
     }
 
     /// Where `/metrics` gets the process figures (`process_*`): the driver
