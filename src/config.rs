@@ -12,6 +12,7 @@ use log::LevelFilter;
 
 use crate::logger::LogFormat;
 use crate::origin::OriginPolicy;
+use crate::redis::RedisUrl;
 
 /// Everything the server can be told. `Default` matches the binary's defaults.
 /// (No `PartialEq`: it will hold key material.)
@@ -80,6 +81,12 @@ pub struct Config {
     /// activation (`LISTEN_FDS`, fd 3) instead of binding `listen`, and send
     /// `READY=1` / `STOPPING=1` to `NOTIFY_SOCKET`. The binary turns this on.
     pub systemd: bool,
+    /// `--redis`: share topics with other hubs through this Redis.
+    pub redis: Option<RedisUrl>,
+    /// Redis channel name = this prefix + topic.
+    pub redis_prefix: String,
+    /// `SO_REUSEPORT` on the listener: several hubs may share its port.
+    pub reuse_port: bool,
 }
 
 impl Default for Config {
@@ -120,6 +127,9 @@ impl Default for Config {
             publisher_queue: 1024,
             handle_signals: false,
             systemd: false,
+            redis: None,
+            redis_prefix: "wshub:".into(),
+            reuse_port: false,
         }
     }
 }
@@ -198,6 +208,13 @@ const FLAGS: &[Flag] = &[
         value: "FORMAT",
         help: "text or json (one object per line, with peer, reason, code) [text]",
     },
+    Flag {
+        name: "redis",
+        value: "URL",
+        help: "redis://[user:pass@]host:port[/db]: share topics with other hubs through Redis pub/sub",
+    },
+    Flag { name: "redis-prefix", value: "PREFIX", help: "Redis channel name = prefix + topic [wshub:]" },
+    Flag { name: "reuse-port", value: "", help: "set SO_REUSEPORT, so several hubs can listen on one port" },
     Flag { name: "log-level", value: "LEVEL", help: "error, warn, info, debug or trace [info] (also RUST_LOG)" },
 ];
 
@@ -325,6 +342,10 @@ impl Config {
             "no-echo" => self.no_echo = switch(value)?,
             "no-client-publish" => self.no_client_publish = switch(value)?,
             "demo" => self.demo = switch(value)?,
+            "redis" => self.redis = Some(RedisUrl::parse(value)?),
+            "redis-prefix" if value.len() > 256 => return Err("at most 256 bytes".into()),
+            "redis-prefix" => self.redis_prefix = value.to_string(),
+            "reuse-port" => self.reuse_port = switch(value)?,
             "tls-cert" => self.tls_cert = Some(path(value)?),
             "tls-key" => self.tls_key = Some(path(value)?),
             "tls-client-ca" => self.tls_client_ca = Some(path(value)?),
@@ -454,6 +475,12 @@ mod tests {
         assert_eq!(config(&["--log-level", "warn"], &[("RUST_LOG", "debug")]).log_level, LevelFilter::Warn);
         assert_eq!(config(&["--log-format", "json"], &[]).log_format, LogFormat::Json);
         assert_eq!(config(&[], &[]).log_format, LogFormat::Text);
+        let scaled = config(&["--redis", "redis://:pw@127.0.0.1:6390/2", "--reuse-port"], &[]);
+        let redis = scaled.redis.unwrap();
+        assert_eq!((redis.port, redis.db, redis.password.as_deref()), (6390, 2, Some("pw")));
+        assert_eq!(scaled.redis_prefix, "wshub:");
+        assert!(scaled.reuse_port);
+        assert_eq!(config(&[], &[("WSHUB_REDIS_PREFIX", "app1:")]).redis_prefix, "app1:");
     }
 
     #[test]
@@ -468,6 +495,7 @@ mod tests {
             (&["--allowed-origins", "example.com"], "--allowed-origins"),
             (&["--no-client-publish=yes"], "takes no value"),
             (&["--log-format", "xml"], "--log-format"),
+            (&["--redis", "localhost:6379"], "--redis"),
         ] {
             let err = parse(args, &[]).unwrap_err();
             assert!(err.contains(needle), "{err}");

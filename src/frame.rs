@@ -442,6 +442,22 @@ pub fn encode_message(kind: MessageKind, payload: &[u8]) -> SharedFrame {
     encode(kind.opcode(), payload)
 }
 
+/// The kind and payload of a data frame [`encode`] made (final, unmasked):
+/// what is shared with other hubs, without keeping a second copy.
+pub fn message_parts(frame: &[u8]) -> Option<(MessageKind, &[u8])> {
+    let kind = match frame.first()? & 0x0F {
+        0x1 => MessageKind::Text,
+        0x2 => MessageKind::Binary,
+        _ => return None,
+    };
+    let start = match frame.get(1)? & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    Some((kind, frame.get(start..)?))
+}
+
 /// A close frame with a code and a short reason (truncated to fit 125 bytes).
 pub fn encode_close(code: CloseCode, reason: &str) -> SharedFrame {
     let mut payload = Vec::with_capacity(2 + reason.len());

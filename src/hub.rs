@@ -21,11 +21,12 @@ use crate::admission::Admission;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::{Action, Connection, Context, Millis, Reason};
-use crate::frame::SharedFrame;
+use crate::frame::{self, SharedFrame};
 use crate::http;
 use crate::metrics::{self, Extras};
 use crate::process::ProcessMetrics;
 use crate::reason::LogLimiter;
+use crate::redis::{Bridge, Incoming, Role};
 use crate::stats::Stats;
 use crate::subscriptions::Subscriptions;
 use crate::topic::Topic;
@@ -84,6 +85,8 @@ pub struct Hub<T> {
     /// Log lines of connection endings, rate-limited per reason.
     log_limit: LogLimiter,
     process_probe: Option<fn() -> Option<ProcessMetrics>>,
+    /// With `--redis`: messages shared with other hubs.
+    bridge: Option<Bridge>,
 }
 
 impl<T: Transport> Hub<T> {
@@ -103,7 +106,47 @@ impl<T: Transport> Hub<T> {
             peak_held: 0,
             log_limit: LogLimiter::default(),
             process_probe: None,
+            bridge: None,
         }
+    }
+
+    /// Shares topics with other hubs through Redis (`--redis`).
+    pub fn set_bridge(&mut self, bridge: Bridge) {
+        self.bridge = Some(bridge);
+    }
+
+    /// The Redis bridge, for the driver to move its bytes.
+    pub fn bridge(&mut self) -> Option<&mut Bridge> {
+        self.bridge.as_mut()
+    }
+
+    /// Bytes read from a Redis link: messages from other hubs are delivered
+    /// to the clients here.
+    pub fn redis_received(&mut self, role: Role, bytes: &[u8], now: Millis) {
+        // Out of the hub while it delivers, and back before any client is
+        // removed (a removal may unsubscribe a channel).
+        let Some(mut bridge) = self.bridge.take() else { return };
+        bridge.received(role, bytes, now, &mut |incoming| self.deliver_heard(incoming, now));
+        self.bridge = Some(bridge);
+        self.apply_deferred(now);
+        self.enforce_budget(now);
+    }
+
+    /// Queues a message heard from Redis to the clients that get it through
+    /// its channel: for a hub's message sent to several topics, those for
+    /// whom this channel's topic is the first of them they hold.
+    fn deliver_heard(&mut self, incoming: Incoming<'_>, now: Millis) {
+        let frame = frame::encode_message(incoming.kind, incoming.payload);
+        let topic = incoming.topic;
+        let (subscriptions, mut fanout) = self.fanout(now);
+        let mut deliver = |id| fanout.deliver(id, &frame);
+        match incoming.envelope {
+            Some(envelope) => {
+                let earlier = envelope.topics().take_while(|t| *t != topic);
+                subscriptions.for_each_first_holder(topic, earlier, &mut deliver)
+            }
+            None => subscriptions.for_each_first_holder(topic, std::iter::empty(), &mut deliver),
+        };
     }
 
     /// Verifies `/ws` and publish tokens with these keys (JWT).
@@ -263,7 +306,7 @@ impl<T: Transport> Hub<T> {
     /// Bytes the hub holds for clients: frames alive (each counted once,
     /// however many queues share it) and unfinished input.
     pub fn held_bytes(&self) -> usize {
-        crate::frame::held_frame_bytes() + self.inbound
+        crate::frame::held_frame_bytes() + self.inbound + self.bridge.as_ref().map_or(0, Bridge::buffered_bytes)
     }
 
     /// Over `--max-buffered-bytes`: drops the clients holding the most (a
@@ -342,6 +385,7 @@ impl<T: Transport> Hub<T> {
         self.stats.published += 1;
         let (subscriptions, mut fanout) = self.fanout(now);
         let receivers = subscriptions.for_each_subscriber(topic, |id| fanout.deliver(id, &frame));
+        share(&mut self.bridge, std::iter::once(topic), &frame, now);
         drop(frame);
         self.apply_deferred(now);
         self.enforce_budget(now);
@@ -408,9 +452,11 @@ impl<T: Transport> Hub<T> {
         self.shutdown_deadline.is_some()
     }
 
-    /// Shutting down, and every connection is gone or the time is up.
+    /// Shutting down, and every connection is gone (and every message
+    /// shared with Redis), or the time is up.
     pub fn shutdown_complete(&self, now: Millis) -> bool {
-        self.shutdown_deadline.is_some_and(|deadline| self.clients.is_empty() || now >= deadline)
+        let drained = self.clients.is_empty() && self.bridge.as_ref().is_none_or(Bridge::drained);
+        self.shutdown_deadline.is_some_and(|deadline| drained || now >= deadline)
     }
 
     /// When the shutdown gives up on connections still open.
@@ -440,6 +486,7 @@ impl<T: Transport> Hub<T> {
         }
         stats.topics = self.subscriptions.topic_count() as u64;
         stats.held_bytes = self.held_bytes() as u64;
+        stats.redis = self.bridge.as_ref().map(Bridge::stats);
         stats
     }
 
@@ -451,7 +498,12 @@ impl<T: Transport> Hub<T> {
                     client.subscribed = true;
                     self.admission.joined();
                     self.stats.upgrades += 1;
-                    self.subscriptions.subscribe(id, &topics, publish_mask);
+                    let bridge = &mut self.bridge;
+                    self.subscriptions.subscribe(id, &topics, publish_mask, |topic| {
+                        if let Some(bridge) = bridge {
+                            bridge.topic_added(topic, now);
+                        }
+                    });
                     debug!("{}: upgraded, topics {topics:?}", client.conn.peer());
                 }
             }
@@ -500,7 +552,12 @@ impl<T: Transport> Hub<T> {
         if client.subscribed {
             client.subscribed = false;
             self.admission.left();
-            self.subscriptions.unsubscribe(id);
+            let bridge = &mut self.bridge;
+            self.subscriptions.unsubscribe(id, |topic| {
+                if let Some(bridge) = bridge {
+                    bridge.topic_removed(topic, now);
+                }
+            });
         }
         if first {
             self.record_exit(peer, reason, now);
@@ -551,6 +608,7 @@ impl<T: Transport> Hub<T> {
                 fanout.deliver(id, &frame);
             }
         });
+        share(&mut self.bridge, self.subscriptions.publish_topics(sender), &frame, now);
         drop(frame);
         self.apply_deferred(now);
     }
@@ -589,6 +647,20 @@ impl<T: Transport> Hub<T> {
             debug!("{}: write: {e}", client.conn.peer());
             self.remove(id, Reason::ConnectionLost(e.kind()), now);
         }
+    }
+}
+
+/// Hands a message this hub accepted to Redis, for the other hubs.
+fn share<'t>(
+    bridge: &mut Option<Bridge>,
+    topics: impl Iterator<Item = &'t Topic> + Clone,
+    frame: &SharedFrame,
+    now: Millis,
+) {
+    if let Some(bridge) = bridge
+        && let Some((kind, payload)) = frame::message_parts(frame)
+    {
+        bridge.publish(topics, kind, payload, now);
     }
 }
 

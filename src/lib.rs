@@ -24,6 +24,7 @@ mod origin;
 mod process;
 mod publisher;
 mod reason;
+mod redis;
 mod send_queue;
 mod server;
 mod stats;

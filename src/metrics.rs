@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 
 use crate::process::ProcessMetrics;
 use crate::reason::Exit;
+use crate::redis::{RedisStats, Role, Unshared};
 use crate::stats::{REJECTION_STATUSES, Stats};
 
 /// The `Content-Type` of the exposition format.
@@ -80,6 +81,9 @@ pub fn render(stats: &Stats, extras: &Extras) -> String {
     out.family("wshub_build_info", "gauge", "The wshub version, as a label.");
     out.sample("wshub_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
 
+    if let Some(redis) = &stats.redis {
+        render_redis(&mut out, redis);
+    }
     if let Some(p) = &extras.process {
         out.gauge("process_resident_memory_bytes", "Resident memory size in bytes.", p.resident_bytes);
         out.gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", p.virtual_bytes);
@@ -91,6 +95,35 @@ pub fn render(stats: &Stats, extras: &Extras) -> String {
         out.float("process_start_time_seconds", p.start_time_seconds);
     }
     out.0
+}
+
+/// With `--redis`: the bridge's links and messages.
+fn render_redis(out: &mut Text, redis: &RedisStats) {
+    out.family("wshub_redis_up", "gauge", "Whether the Redis link is up, by link.");
+    for role in Role::BOTH {
+        out.sample("wshub_redis_up", &[("link", role.label())], u64::from(redis.up[role as usize]));
+    }
+    out.family("wshub_redis_connects_total", "counter", "Redis connections established (handshake done), by link.");
+    for role in Role::BOTH {
+        out.sample("wshub_redis_connects_total", &[("link", role.label())], redis.connects[role as usize]);
+    }
+    out.family("wshub_redis_failures_total", "counter", "Redis connections that failed or were lost, by link.");
+    for role in Role::BOTH {
+        out.sample("wshub_redis_failures_total", &[("link", role.label())], redis.failures[role as usize]);
+    }
+    out.counter("wshub_redis_publishes_total", "PUBLISH commands Redis confirmed (one per topic).", redis.published);
+    out.family(
+        "wshub_redis_unshared_total",
+        "counter",
+        "PUBLISH commands that did not reach Redis (the message was delivered on this hub only), by reason.",
+    );
+    for why in Unshared::ALL {
+        out.sample("wshub_redis_unshared_total", &[("reason", why.label())], redis.unshared[why as usize]);
+    }
+    out.counter("wshub_redis_received_total", "Messages from Redis delivered here.", redis.received);
+    out.counter("wshub_redis_invalid_total", "Messages from Redis dropped as malformed.", redis.invalid);
+    out.gauge("wshub_redis_channels", "Redis channels this hub needs (topics with local subscribers).", redis.channels);
+    out.gauge("wshub_redis_buffered_bytes", "Bytes held by the Redis links.", redis.buffered_bytes);
 }
 
 /// The close code the hub sends for an exit, where it sends one.
@@ -164,7 +197,7 @@ mod tests {
 
     #[test]
     fn every_family_has_help_and_type_and_samples_follow() {
-        let mut stats = Stats { open: 3, accepted: 7, ..Stats::default() };
+        let mut stats = Stats { open: 3, accepted: 7, redis: Some(RedisStats::default()), ..Stats::default() };
         stats.count_rejection(401);
         stats.count_exit(Exit::SlowConsumer);
         let process = ProcessMetrics { cpu_seconds: 1.5, start_time_seconds: 1.8e9, ..ProcessMetrics::default() };
@@ -176,6 +209,9 @@ mod tests {
         assert!(text.contains("wshub_disconnects_total{reason=\"slow_consumer\",code=\"1013\"} 1\n"));
         assert!(text.contains("wshub_disconnects_total{reason=\"idle_timeout\"} 0\n"));
         assert!(text.contains("process_cpu_seconds_total 1.5\n"));
+        assert!(text.contains("wshub_redis_up{link=\"publisher\"} 0\n"));
+        assert!(text.contains("wshub_redis_unshared_total{reason=\"buffer_full\"} 0\n"));
+        assert!(!render(&Stats::default(), &Extras::default()).contains("redis"), "only with --redis");
         let mut typed = None;
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {

@@ -26,7 +26,11 @@ use crate::connection::Millis;
 use crate::frame::{self, MessageKind};
 use crate::hub::{ClientId, Hub};
 use crate::publisher::{Message, Publisher, Shared};
+use crate::redis::Bridge;
 use crate::transport::Stream;
+
+mod redis;
+use redis::RedisSockets;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
@@ -56,6 +60,8 @@ pub struct Server {
     admin: Option<(TcpListener, SocketAddr)>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     shared: Arc<Shared>,
+    /// `--redis`, resolved at bind.
+    redis_addrs: Vec<SocketAddr>,
 }
 
 /// The running loop. Its frames are `Rc`s (no atomic reference counting on
@@ -84,6 +90,8 @@ struct EventLoop {
     started: Instant,
     now: Millis,
     accept_paused_until: Option<Millis>,
+    /// With `--redis`: the sockets of the two links.
+    redis: Option<RedisSockets>,
 }
 
 impl Server {
@@ -96,7 +104,11 @@ impl Server {
         let inherited = if config.systemd { crate::systemd::inherited_listener()? } else { None };
         let mut listener = match inherited {
             Some(listener) => TcpListener::from_std(listener),
-            None => TcpListener::bind(config.listen)?,
+            None => bind_listener(config.listen, config.reuse_port)?,
+        };
+        let redis_addrs = match &config.redis {
+            Some(url) => resolve(&url.host, url.port)?,
+            None => Vec::new(),
         };
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -120,7 +132,7 @@ impl Server {
             None
         };
         let shared = Shared::new(waker, config.publisher_queue, config.max_message_size);
-        Ok(Server { config, verifier, tls, poll, listener, local_addr, admin, signals, shared })
+        Ok(Server { config, verifier, tls, poll, listener, local_addr, admin, signals, shared, redis_addrs })
     }
 
     /// The address actually bound (useful with port 0).
@@ -146,7 +158,16 @@ impl Server {
             info!("admin routes (/publish, /healthz) on http://{admin}");
         }
         let systemd = self.config.systemd;
+        let bridge = self.config.redis.clone().map(|url| {
+            info!("sharing topics through {url} (channel prefix {:?})", self.config.redis_prefix);
+            // Bounded within the memory budget: an eighth of it.
+            let out_limit = (self.config.max_buffered_bytes / 8).max(64 * 1024);
+            Bridge::new(url, &self.config.redis_prefix, hub_id(), out_limit, self.config.max_message_size)
+        });
         let mut hub = Hub::new(self.config);
+        if let Some(bridge) = bridge {
+            hub.set_bridge(bridge);
+        }
         hub.set_verifier(self.verifier);
         hub.set_process_probe(crate::process::sample);
         let mut event_loop = EventLoop {
@@ -165,6 +186,7 @@ impl Server {
             started: Instant::now(),
             now: 0,
             accept_paused_until: None,
+            redis: (!self.redis_addrs.is_empty()).then(|| RedisSockets::new(self.redis_addrs)),
         };
         if systemd {
             crate::systemd::notify("READY=1");
@@ -199,6 +221,9 @@ impl EventLoop {
             if let Some(Reverse((resume, _))) = self.throttled.peek() {
                 wait = wait.min(Duration::from_millis(resume.saturating_sub(self.now)));
             }
+            if let Some(deadline) = self.redis.as_ref().and_then(|r| r.next_deadline(&mut self.hub, self.now)) {
+                wait = wait.min(Duration::from_millis(deadline.saturating_sub(self.now)));
+            }
             if !self.read_again.is_empty() {
                 wait = Duration::ZERO;
             }
@@ -219,6 +244,11 @@ impl EventLoop {
                     ADMIN_LISTENER => self.accept(true),
                     WAKER => self.drain_inbox(),
                     SIGNALS => self.on_signals(),
+                    token if let Some(role) = RedisSockets::role(token) => {
+                        if let Some(redis) = self.redis.as_mut() {
+                            redis.ready(role, event, &mut self.hub, &mut self.scratch, self.now);
+                        }
+                    }
                     Token(id) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             // A short read means the socket is drained, unless
@@ -236,6 +266,9 @@ impl EventLoop {
                 self.accept_paused_until = None;
                 self.accept(false);
                 self.accept(true);
+            }
+            if let Some(redis) = self.redis.as_mut() {
+                redis.turn(self.poll.registry(), &mut self.hub, &mut self.scratch, self.now);
             }
             self.hub.flush(self.now);
             if self.now >= next_tick {
@@ -525,6 +558,49 @@ impl EventLoop {
         }
         self.hub.begin_shutdown(self.now);
     }
+}
+
+/// Binds the listener; with `--reuse-port`, with `SO_REUSEPORT` set, so
+/// that several hubs share the port and the kernel spreads connections
+/// among them.
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    if !reuse_port {
+        return TcpListener::bind(addr);
+    }
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    // The backlog mio uses.
+    socket.listen(1024)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// The addresses of `--redis`' host, looked up once at startup (a lookup
+/// would block the loop): give an address, or a name that stays put.
+fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("--redis: cannot resolve {host}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--redis: {host} has no address")));
+    }
+    Ok(addrs)
+}
+
+/// A random id for this hub's envelopes, so it knows its own messages when
+/// Redis hands them back. std's hasher keys are seeded from the system's
+/// random source; no dependency needed for 64 random bits.
+fn hub_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
 
 /// Sweep often enough that the shortest deadline is kept to about a quarter

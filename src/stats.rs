@@ -46,6 +46,8 @@ pub struct Stats {
     /// alive (once each, however many queues share them) and unfinished
     /// input (gauge).
     pub held_bytes: u64,
+    /// With `--redis`: the bridge's figures.
+    pub redis: Option<crate::redis::RedisStats>,
 }
 
 impl Stats {

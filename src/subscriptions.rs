@@ -46,7 +46,14 @@ pub struct Subscriptions {
 impl Subscriptions {
     /// Subscribes a new client to `topics` (already deduplicated, at most
     /// 16); its messages go to the topics whose bit is set in `publish_mask`.
-    pub fn subscribe(&mut self, client: ClientId, topics: &[Topic], publish_mask: u16) {
+    /// `created` hears of each topic that had no subscriber before.
+    pub fn subscribe(
+        &mut self,
+        client: ClientId,
+        topics: &[Topic],
+        publish_mask: u16,
+        mut created: impl FnMut(&Topic),
+    ) {
         if self.memberships.len() <= client {
             self.memberships.resize_with(client + 1, Vec::new);
             self.stamps.resize(client + 1, 0);
@@ -61,6 +68,7 @@ impl Subscriptions {
                 None => {
                     let index = self.topics.insert(TopicEntry { name: topic.clone(), subscribers: Vec::new() }) as u32;
                     self.by_name.insert(topic.clone(), index);
+                    created(topic);
                     index
                 }
             };
@@ -71,8 +79,9 @@ impl Subscriptions {
         self.memberships[client] = joined;
     }
 
-    /// Removes a client from all its topics; a topic left empty is forgotten.
-    pub fn unsubscribe(&mut self, client: ClientId) {
+    /// Removes a client from all its topics; a topic left empty is
+    /// forgotten, and `emptied` hears of it.
+    pub fn unsubscribe(&mut self, client: ClientId, mut emptied: impl FnMut(&Topic)) {
         let Some(joined) = self.memberships.get_mut(client).map(std::mem::take) else {
             return;
         };
@@ -88,6 +97,7 @@ impl Subscriptions {
             if entry.subscribers.is_empty() {
                 let entry = self.topics.remove(topic as usize);
                 self.by_name.remove(&entry.name);
+                emptied(&entry.name);
             } else if entry.subscribers.capacity() > 4 * entry.subscribers.len() + 16 {
                 entry.subscribers.shrink_to(2 * entry.subscribers.len());
             }
@@ -137,6 +147,53 @@ impl Subscriptions {
         subscribers.len()
     }
 
+    /// The topics `sender`'s messages go to (those it may publish to), in
+    /// its order.
+    pub fn publish_topics(&self, sender: ClientId) -> impl Iterator<Item = &Topic> + Clone {
+        let joined = self.memberships.get(sender).map_or(&[][..], |j| &j[..]);
+        let mask = self.publish_masks.get(sender).copied().unwrap_or(0);
+        joined
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| mask & (1 << i) != 0)
+            .map(|(_, m)| &self.topics[m.topic as usize].name)
+    }
+
+    /// Calls `deliver` for every subscriber of `topic` that holds none of
+    /// the topics in `earlier`: a message another hub sent to several
+    /// topics, heard here on each of their channels, reaches each client
+    /// through the first of them it holds, once. Returns how many.
+    pub fn for_each_first_holder<'e>(
+        &self,
+        topic: &str,
+        earlier: impl Iterator<Item = &'e str>,
+        mut deliver: impl FnMut(ClientId),
+    ) -> usize {
+        let Some(&index) = self.by_name.get(topic) else {
+            return 0;
+        };
+        // Earlier topics nobody here holds cannot take a receiver away.
+        let mut held = [0u32; crate::topic::MAX_TOPICS_PER_CLIENT];
+        let mut count = 0;
+        for name in earlier {
+            if let Some(&i) = self.by_name.get(name)
+                && count < held.len()
+            {
+                held[count] = i;
+                count += 1;
+            }
+        }
+        let held = &held[..count];
+        let mut delivered = 0;
+        for &client in &self.topics[index as usize].subscribers {
+            if held.is_empty() || !self.memberships[client as usize].iter().any(|m| held.contains(&m.topic)) {
+                deliver(client as ClientId);
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
     /// Number of topics with at least one subscriber.
     pub fn topic_count(&self) -> usize {
         self.topics.len()
@@ -163,10 +220,10 @@ mod tests {
     #[test]
     fn delivery_is_by_topic_and_exactly_once() {
         let mut hub = Subscriptions::default();
-        hub.subscribe(0, &topics(&["a"]), ALL);
-        hub.subscribe(1, &topics(&["b"]), ALL);
-        hub.subscribe(2, &topics(&["a", "b"]), ALL);
-        hub.subscribe(3, &topics(&["c"]), ALL);
+        hub.subscribe(0, &topics(&["a"]), ALL, |_| {});
+        hub.subscribe(1, &topics(&["b"]), ALL, |_| {});
+        hub.subscribe(2, &topics(&["a", "b"]), ALL, |_| {});
+        hub.subscribe(3, &topics(&["c"]), ALL, |_| {});
         assert_eq!(peers(&mut hub, 0), [0, 2]);
         assert_eq!(peers(&mut hub, 1), [1, 2]);
         assert_eq!(peers(&mut hub, 2), [0, 1, 2]);
@@ -180,11 +237,11 @@ mod tests {
     #[test]
     fn messages_go_only_to_granted_topics() {
         let mut hub = Subscriptions::default();
-        hub.subscribe(0, &topics(&["a", "b", "c"]), 0b101); // may publish to a and c
-        hub.subscribe(1, &topics(&["a"]), ALL);
-        hub.subscribe(2, &topics(&["b"]), ALL);
-        hub.subscribe(3, &topics(&["c", "b"]), ALL);
-        hub.subscribe(4, &topics(&["b"]), 0);
+        hub.subscribe(0, &topics(&["a", "b", "c"]), 0b101, |_| {}); // may publish to a and c
+        hub.subscribe(1, &topics(&["a"]), ALL, |_| {});
+        hub.subscribe(2, &topics(&["b"]), ALL, |_| {});
+        hub.subscribe(3, &topics(&["c", "b"]), ALL, |_| {});
+        hub.subscribe(4, &topics(&["b"]), 0, |_| {});
         assert_eq!(peers(&mut hub, 0), [0, 1, 3], "b's only subscriber is skipped");
         assert_eq!(peers(&mut hub, 4), Vec::<ClientId>::new());
         assert_eq!(peers(&mut hub, 2), [0, 2, 3, 4], "receiving needs no publish grant");
@@ -194,19 +251,54 @@ mod tests {
     fn leaving_keeps_the_others_reachable() {
         let mut hub = Subscriptions::default();
         for id in 0..10 {
-            hub.subscribe(id, &topics(&["a", "b"]), ALL);
+            hub.subscribe(id, &topics(&["a", "b"]), ALL, |_| {});
         }
         for id in [0, 5, 9, 3] {
-            hub.unsubscribe(id);
+            hub.unsubscribe(id, |_| {});
         }
         assert_eq!(peers(&mut hub, 1), [1, 2, 4, 6, 7, 8]);
         // a slot can be reused by a new client
-        hub.subscribe(5, &topics(&["b"]), ALL);
+        hub.subscribe(5, &topics(&["b"]), ALL, |_| {});
         assert_eq!(peers(&mut hub, 5), [1, 2, 4, 5, 6, 7, 8]);
         for id in [1, 2, 4, 5, 6, 7, 8] {
-            hub.unsubscribe(id);
+            hub.unsubscribe(id, |_| {});
         }
         assert_eq!(hub.topic_count(), 0);
-        hub.unsubscribe(42); // unknown: no effect
+        hub.unsubscribe(42, |_| {}); // unknown: no effect
+    }
+
+    #[test]
+    fn first_and_last_subscribers_are_announced() {
+        let mut hub = Subscriptions::default();
+        let mut log = Vec::new();
+        hub.subscribe(0, &topics(&["a", "b"]), ALL, |t| log.push(format!("+{t}")));
+        hub.subscribe(1, &topics(&["b", "c"]), ALL, |t| log.push(format!("+{t}")));
+        hub.unsubscribe(0, |t| log.push(format!("-{t}")));
+        hub.unsubscribe(1, |t| log.push(format!("-{t}")));
+        assert_eq!(log, ["+a", "+b", "+c", "-a", "-b", "-c"]);
+    }
+
+    #[test]
+    fn a_message_heard_on_several_channels_reaches_each_client_once() {
+        let mut hub = Subscriptions::default();
+        hub.subscribe(0, &topics(&["a"]), ALL, |_| {});
+        hub.subscribe(1, &topics(&["b"]), ALL, |_| {});
+        hub.subscribe(2, &topics(&["b", "a"]), ALL, |_| {});
+        hub.subscribe(3, &topics(&["c"]), ALL, |_| {});
+        // Sent to [a, b, x]: heard on channel a, then on channel b.
+        let heard = |hub: &Subscriptions, on: &str, earlier: &[&str]| {
+            let mut out = Vec::new();
+            let n = hub.for_each_first_holder(on, earlier.iter().copied(), |c| out.push(c));
+            assert_eq!(n, out.len());
+            out.sort();
+            out
+        };
+        assert_eq!(heard(&hub, "a", &[]), [0, 2]);
+        assert_eq!(heard(&hub, "b", &["a"]), [1], "2 had it through a");
+        assert_eq!(heard(&hub, "c", &["a", "b", "zzz"]), [3]);
+        assert_eq!(heard(&hub, "zzz", &[]), Vec::<ClientId>::new());
+        hub.subscribe(7, &topics(&["x", "y", "z"]), 0b101, |_| {});
+        let publishing: Vec<&str> = hub.publish_topics(7).map(Topic::as_str).collect();
+        assert_eq!(publishing, ["x", "z"], "only granted topics, in order");
     }
 }

@@ -59,6 +59,14 @@ impl fmt::Display for Topic {
     }
 }
 
+/// Lets maps keyed by topic be searched with a `&str` (a name heard from
+/// Redis) without building a `Topic`: hashing and equality are the name's.
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Topic({})", self.0)

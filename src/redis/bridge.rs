@@ -1,0 +1,489 @@
+//! The hub's side of Redis pub/sub, without I/O: two links (RESP2 lets a
+//! subscribed connection do nothing but subscribe, so publishing needs its
+//! own), the channels the hub needs, and the messages going out and coming
+//! in.
+//!
+//! The hub tells the bridge when a topic gets its first local subscriber or
+//! loses its last ([`Bridge::topic_added`] / [`Bridge::topic_removed`]), and
+//! hands it every message it accepted ([`Bridge::publish`]). The driver
+//! moves bytes: it opens a socket when [`Bridge::connect_due`] says so,
+//! writes [`Bridge::transmit`], feeds what it reads to [`Bridge::received`],
+//! closes the socket of a link that [`Bridge::is_down`], and calls
+//! [`Bridge::handle_timeout`] by [`Bridge::next_deadline`].
+//!
+//! Redis pub/sub is at-most-once: what is published while a link is down,
+//! or does not fit the bounded outgoing buffer, is delivered on this hub
+//! only, and counted.
+
+use std::collections::HashSet;
+
+use log::{debug, info, warn};
+
+use super::envelope::{self, Heard};
+use super::link::Link;
+use super::resp::{self, Value};
+use super::url::RedisUrl;
+use crate::connection::Millis;
+use crate::frame::MessageKind;
+use crate::topic::Topic;
+
+/// The two connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Subscriber = 0,
+    Publisher = 1,
+}
+
+impl Role {
+    pub const BOTH: [Role; 2] = [Role::Subscriber, Role::Publisher];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Subscriber => "subscriber",
+            Role::Publisher => "publisher",
+        }
+    }
+}
+
+/// Channels per `SUBSCRIBE` when a link (re)subscribes to all it needs.
+const SUBSCRIBE_BATCH: usize = 256;
+/// At most one warning per this long for each kind of trouble.
+const WARN_EVERY: Millis = 10_000;
+
+/// Why PUBLISH commands did not reach Redis, in counter order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unshared {
+    /// The publisher link was down.
+    Unavailable = 0,
+    /// Its outgoing buffer was full (Redis slow, or not reading).
+    BufferFull = 1,
+    /// Written, but the link broke before Redis confirmed it.
+    Unconfirmed = 2,
+    /// Redis answered with an error.
+    Refused = 3,
+}
+
+impl Unshared {
+    pub const ALL: [Unshared; 4] = [Unshared::Unavailable, Unshared::BufferFull, Unshared::Unconfirmed, Unshared::Refused];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Unshared::Unavailable => "unavailable",
+            Unshared::BufferFull => "buffer_full",
+            Unshared::Unconfirmed => "unconfirmed",
+            Unshared::Refused => "refused",
+        }
+    }
+}
+
+/// What the bridge has done, for `/metrics` and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisStats {
+    /// Per [`Role`]: up now (gauge).
+    pub up: [bool; 2],
+    /// Per [`Role`]: handshakes completed (counter).
+    pub connects: [u64; 2],
+    /// Per [`Role`]: connections failed or lost (counter).
+    pub failures: [u64; 2],
+    /// PUBLISH commands Redis confirmed (counter).
+    pub published: u64,
+    /// PUBLISH commands that did not reach Redis, per [`Unshared`] (counter).
+    pub unshared: [u64; 4],
+    /// Messages from other hubs (or other publishers) delivered here (counter).
+    pub received: u64,
+    /// Messages heard that were not envelopes nor valid messages (counter).
+    pub invalid: u64,
+    /// Channels this hub needs (gauge).
+    pub channels: u64,
+    /// Bytes held by the links: unsent commands, unread replies (gauge).
+    pub buffered_bytes: u64,
+}
+
+/// A message from Redis for local delivery.
+pub struct Incoming<'a> {
+    /// The channel's topic.
+    pub topic: &'a str,
+    pub kind: MessageKind,
+    pub payload: &'a [u8],
+    /// The sender's topics, in order, when it came from a hub.
+    pub envelope: Option<envelope::Envelope<'a>>,
+}
+
+pub struct Bridge {
+    /// This hub's id, in every envelope it sends.
+    origin: u64,
+    prefix: Box<[u8]>,
+    url: RedisUrl,
+    links: [Link; 2],
+    /// Topics with local subscribers: the channels the subscriber holds.
+    wanted: HashSet<Topic>,
+    /// Where an envelope's head is built, once per message.
+    head: Vec<u8>,
+    /// Bound on the publisher's unsent commands.
+    out_limit: usize,
+    /// Largest reply accepted (a message plus its envelope).
+    max_reply: usize,
+    stats: RedisStats,
+    /// Per kind of warning: when last logged, and how many were held back.
+    warned: [(Option<Millis>, u64); 3],
+}
+
+impl Bridge {
+    /// `origin` identifies this hub (random per process); unsent commands
+    /// are held to `out_limit` bytes; messages over `max_message` bytes are
+    /// refused.
+    pub fn new(url: RedisUrl, prefix: &str, origin: u64, out_limit: usize, max_message: usize) -> Bridge {
+        Bridge {
+            origin,
+            prefix: prefix.as_bytes().into(),
+            url,
+            links: [Link::new(origin), Link::new(origin.rotate_left(32))],
+            wanted: HashSet::new(),
+            head: Vec::new(),
+            out_limit,
+            max_reply: max_message + 2048,
+            stats: RedisStats::default(),
+            warned: [(None, 0); 3],
+        }
+    }
+
+    pub fn url(&self) -> &RedisUrl {
+        &self.url
+    }
+
+    pub fn is_down(&self, role: Role) -> bool {
+        self.links[role as usize].is_down()
+    }
+
+    pub fn is_up(&self, role: Role) -> bool {
+        self.links[role as usize].is_up()
+    }
+
+    /// Whether the link should connect now. If so it starts: the driver
+    /// opens a socket and writes [`transmit`](Bridge::transmit) once it is
+    /// connected (or reports [`lost`](Bridge::lost)).
+    pub fn connect_due(&mut self, role: Role, now: Millis) -> bool {
+        if !self.links[role as usize].connect_due(now) {
+            return false;
+        }
+        let Bridge { links, url, wanted, prefix, .. } = self;
+        let link = &mut links[role as usize];
+        link.start(now, |out| handshake(out, url));
+        if role == Role::Subscriber {
+            let channels: Vec<&Topic> = wanted.iter().collect();
+            for batch in channels.chunks(SUBSCRIBE_BATCH) {
+                link.queue(now, batch.len(), |out| subscribe_command(out, b"SUBSCRIBE", prefix, batch));
+            }
+        }
+        debug!("redis {}: connecting to {}", role.label(), self.url);
+        true
+    }
+
+    /// Bytes to write to the link's socket.
+    pub fn transmit(&self, role: Role) -> &[u8] {
+        self.links[role as usize].transmit()
+    }
+
+    /// `n` bytes of [`transmit`](Bridge::transmit) were written.
+    pub fn sent(&mut self, role: Role, n: usize) {
+        self.links[role as usize].sent(n);
+    }
+
+    /// The link's socket failed or closed.
+    pub fn lost(&mut self, role: Role, why: &str, now: Millis) {
+        let link = &self.links[role as usize];
+        if link.is_down() {
+            return;
+        }
+        if role == Role::Publisher {
+            // PUBLISHes written or queued but not confirmed: lost with it.
+            self.stats.unshared[Unshared::Unconfirmed as usize] += link.owed_after_handshake() as u64;
+        }
+        let was_up = link.is_up();
+        let link = &mut self.links[role as usize];
+        link.fail(now);
+        self.stats.failures[role as usize] += 1;
+        let failures = link.failures();
+        if was_up {
+            warn!("redis {}: connection to {} lost: {why}; reconnecting", role.label(), self.url);
+        } else if failures == 1 || failures.is_power_of_two() {
+            warn!("redis {}: cannot connect to {} ({failures} attempts): {why}", role.label(), self.url);
+        } else {
+            debug!("redis {}: cannot connect to {} ({failures} attempts): {why}", role.label(), self.url);
+        }
+    }
+
+    /// Applies the links' deadlines: gives up silent links, pings idle ones.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        for role in Role::BOTH {
+            if let Err(why) = self.links[role as usize].check(now) {
+                self.lost(role, why, now);
+            }
+        }
+    }
+
+    /// When [`handle_timeout`](Bridge::handle_timeout) or a reconnection
+    /// next has something to do.
+    pub fn next_deadline(&self) -> Millis {
+        self.links.iter().map(Link::next_deadline).min().unwrap_or(Millis::MAX)
+    }
+
+    /// A topic got its first local subscriber: subscribe to its channel.
+    pub fn topic_added(&mut self, topic: &Topic, now: Millis) {
+        if self.wanted.insert(topic.clone()) {
+            self.subscription(b"SUBSCRIBE", topic, now);
+        }
+    }
+
+    /// A topic lost its last local subscriber: unsubscribe from its channel.
+    pub fn topic_removed(&mut self, topic: &Topic, now: Millis) {
+        if self.wanted.remove(topic) {
+            self.subscription(b"UNSUBSCRIBE", topic, now);
+        }
+    }
+
+    fn subscription(&mut self, command: &[u8], topic: &Topic, now: Millis) {
+        let link = &mut self.links[Role::Subscriber as usize];
+        // A link that is down subscribes to everything wanted when it is back.
+        if !link.is_down() {
+            let prefix = &self.prefix;
+            link.queue(now, 1, |out| subscribe_command(out, command, prefix, &[topic]));
+        }
+    }
+
+    /// Shares a message this hub accepted: one PUBLISH per topic, each
+    /// carrying the envelope. When the publisher link is down or its buffer
+    /// is full, the message stays local, and that is counted.
+    pub fn publish<'t, I>(&mut self, topics: I, kind: MessageKind, payload: &[u8], now: Millis)
+    where
+        I: Iterator<Item = &'t Topic> + Clone,
+    {
+        let count = topics.clone().count() as u64;
+        if count == 0 {
+            return;
+        }
+        let link = &self.links[Role::Publisher as usize];
+        if link.is_down() {
+            self.stats.unshared[Unshared::Unavailable as usize] += count;
+            self.warn(0, now, "the publisher link is down: messages are delivered on this hub only until it is back");
+            return;
+        }
+        envelope::write_head(&mut self.head, self.origin, kind, topics.clone());
+        let body = self.head.len() + payload.len();
+        let prefix = self.prefix.len();
+        let size: usize = topics.clone().map(|t| resp::command_len([7, prefix + t.as_str().len(), body])).sum();
+        if link.unsent() + size > self.out_limit {
+            self.stats.unshared[Unshared::BufferFull as usize] += count;
+            self.warn(1, now, "the publisher's buffer is full (Redis is slow): messages are delivered on this hub only");
+            return;
+        }
+        let Bridge { links, prefix, head, .. } = self;
+        links[Role::Publisher as usize].queue(now, count as usize, |out| {
+            for topic in topics {
+                resp::command(out, &[&[b"PUBLISH"], &[prefix, topic.as_str().as_bytes()], &[head, payload]]);
+            }
+        });
+    }
+
+    /// Bytes read from a link. Messages heard on the subscriber's channels
+    /// go to `deliver`, except this hub's own. A reply that is not RESP
+    /// fails the link.
+    pub fn received(&mut self, role: Role, bytes: &[u8], now: Millis, deliver: &mut dyn FnMut(Incoming<'_>)) {
+        if self.links[role as usize].is_down() {
+            return;
+        }
+        let mut input = std::mem::take(&mut self.links[role as usize].input);
+        let carried = !input.is_empty();
+        if carried {
+            input.extend_from_slice(bytes);
+        }
+        let data: &[u8] = if carried { &input } else { bytes };
+        let mut pos = 0;
+        let failure = loop {
+            match resp::parse(&data[pos..], self.max_reply) {
+                Ok(Some((value, used))) => {
+                    pos += used;
+                    if let Err(why) = self.reply(role, value, now, deliver) {
+                        break Some(why);
+                    }
+                    if self.links[role as usize].is_down() {
+                        return;
+                    }
+                }
+                Ok(None) => break None,
+                Err(invalid) => break Some(invalid.0),
+            }
+        };
+        if let Some(why) = failure {
+            self.lost(role, why, now);
+            return;
+        }
+        // Keep the incomplete tail for the next read.
+        if carried {
+            input.drain(..pos);
+        } else {
+            input.extend_from_slice(&bytes[pos..]);
+        }
+        if input.is_empty() && input.capacity() > 64 * 1024 {
+            input = Vec::new();
+        }
+        self.links[role as usize].input = input;
+    }
+
+    /// Acts on one reply.
+    fn reply(
+        &mut self,
+        role: Role,
+        value: Value<'_>,
+        now: Millis,
+        deliver: &mut dyn FnMut(Incoming<'_>),
+    ) -> Result<(), &'static str> {
+        let link = &mut self.links[role as usize];
+        if link.in_handshake() {
+            if let Value::Error(e) = value {
+                let e = String::from_utf8_lossy(e);
+                warn!("redis {}: {} refused the handshake: {e}", role.label(), self.url);
+                return Err("handshake refused");
+            }
+            if link.replied(now) {
+                self.stats.connects[role as usize] += 1;
+                info!("redis {}: connected to {}", role.label(), self.url);
+            }
+            return Ok(());
+        }
+        match (role, value) {
+            (Role::Subscriber, Value::Array(Some(mut items))) => {
+                let kind = items.next().and_then(|v| v.bytes()).unwrap_or_default();
+                if kind == b"message" {
+                    let (3, Some(channel), Some(message)) = (items.len() + 1, items.next(), items.next()) else {
+                        return Err("message push of the wrong length");
+                    };
+                    let (Some(channel), Some(message)) = (channel.bytes(), message.bytes()) else {
+                        return Err("message push without strings");
+                    };
+                    self.heard(channel, message, now, deliver);
+                } else {
+                    // subscribe, unsubscribe, pong: answers to our commands.
+                    link.replied(now);
+                }
+            }
+            (_, Value::Error(e)) => {
+                link.replied(now);
+                if role == Role::Publisher {
+                    self.stats.unshared[Unshared::Refused as usize] += 1;
+                }
+                let e = String::from_utf8_lossy(e).into_owned();
+                self.warn(2, now, &format!("redis {} answered with an error: {e}", role.label()));
+            }
+            (Role::Publisher, Value::Integer(_)) => {
+                link.replied(now);
+                self.stats.published += 1;
+            }
+            _ => {
+                link.replied(now);
+            }
+        }
+        Ok(())
+    }
+
+    /// A message heard on a channel.
+    fn heard(&mut self, channel: &[u8], message: &[u8], now: Millis, deliver: &mut dyn FnMut(Incoming<'_>)) {
+        let topic = channel.strip_prefix(&*self.prefix).and_then(|t| std::str::from_utf8(t).ok());
+        let Some(topic) = topic.filter(|t| Topic::new(t).is_ok()) else {
+            self.invalid(now, "a message on a channel this hub does not use");
+            return;
+        };
+        let incoming = match envelope::read(message) {
+            Ok(Heard::Envelope(env)) if env.origin == self.origin => return,
+            Ok(Heard::Envelope(env)) => {
+                if !env.topics().any(|t| t == topic) {
+                    self.invalid(now, "an envelope heard on a channel of none of its topics");
+                    return;
+                }
+                Incoming { topic, kind: env.kind, payload: env.payload, envelope: Some(env) }
+            }
+            Ok(Heard::Plain(payload)) => {
+                let kind = if std::str::from_utf8(payload).is_ok() { MessageKind::Text } else { MessageKind::Binary };
+                Incoming { topic, kind, payload, envelope: None }
+            }
+            Err(malformed) => {
+                self.invalid(now, malformed.0);
+                return;
+            }
+        };
+        if incoming.kind == MessageKind::Text && std::str::from_utf8(incoming.payload).is_err() {
+            self.invalid(now, "text that is not UTF-8");
+            return;
+        }
+        self.stats.received += 1;
+        deliver(incoming);
+    }
+
+    fn invalid(&mut self, now: Millis, why: &str) {
+        self.stats.invalid += 1;
+        self.warn(2, now, &format!("redis: dropped a message: {why}"));
+    }
+
+    /// Logs a warning of kind `slot`, at most one per [`WARN_EVERY`].
+    fn warn(&mut self, slot: usize, now: Millis, text: &str) {
+        let (last, held) = &mut self.warned[slot];
+        if last.is_some_and(|t| now.saturating_sub(t) < WARN_EVERY) {
+            *held += 1;
+            return;
+        }
+        if *held > 0 {
+            warn!("{text} ({held} more like it were not logged)");
+        } else {
+            warn!("{text}");
+        }
+        *last = Some(now);
+        *held = 0;
+    }
+
+    /// Bytes the links hold, for the hub's memory budget.
+    pub fn buffered_bytes(&self) -> usize {
+        self.links.iter().map(Link::buffered).sum()
+    }
+
+    /// Nothing left to send on the publisher (for a graceful shutdown).
+    pub fn drained(&self) -> bool {
+        let publisher = &self.links[Role::Publisher as usize];
+        publisher.is_down() || publisher.owed_after_handshake() == 0
+    }
+
+    pub fn stats(&self) -> RedisStats {
+        let mut stats = self.stats.clone();
+        stats.up = [self.is_up(Role::Subscriber), self.is_up(Role::Publisher)];
+        stats.channels = self.wanted.len() as u64;
+        stats.buffered_bytes = self.buffered_bytes() as u64;
+        stats
+    }
+}
+
+/// AUTH and SELECT as the URL asks, then a PING so that even a Redis
+/// without a password must answer before the link counts as up.
+fn handshake(out: &mut Vec<u8>, url: &RedisUrl) -> usize {
+    let mut replies = 0;
+    if let Some(pass) = &url.password {
+        match &url.username {
+            Some(user) => resp::command(out, &[&[b"AUTH"], &[user.as_bytes()], &[pass.as_bytes()]]),
+            None => resp::command(out, &[&[b"AUTH"], &[pass.as_bytes()]]),
+        }
+        replies += 1;
+    }
+    if url.db != 0 {
+        resp::command(out, &[&[b"SELECT"], &[url.db.to_string().as_bytes()]]);
+        replies += 1;
+    }
+    resp::command(out, &[&[b"PING"]]);
+    replies + 1
+}
+
+fn subscribe_command(out: &mut Vec<u8>, command: &[u8], prefix: &[u8], topics: &[&Topic]) {
+    let channels: Vec<[&[u8]; 2]> = topics.iter().map(|t| [prefix, t.as_str().as_bytes()]).collect();
+    let mut args: Vec<&[&[u8]]> = Vec::with_capacity(1 + channels.len());
+    let command = [command];
+    args.push(&command);
+    args.extend(channels.iter().map(|c| &c[..]));
+    resp::command(out, &args);
+}

@@ -1,0 +1,177 @@
+//! The driver's side of `--redis`: two sockets that move the bridge's bytes.
+//!
+//! Everything Redis means (handshake, channels, envelopes, liveness,
+//! back-off) is decided in `crate::redis`; this opens a socket when the
+//! bridge asks for one, reads into the loop's scratch buffer, writes what
+//! the bridge has to send, and closes the socket of a link the bridge gave
+//! up. Sockets are non-blocking like every other: a Redis that stops reading
+//! only fills the bridge's bounded buffer.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use log::debug;
+use mio::event::Event;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use crate::connection::Millis;
+use crate::hub::Hub;
+use crate::redis::Role;
+use crate::transport::Stream;
+
+/// Reads per socket per turn before the others get theirs (64 KiB each).
+const READS_PER_TURN: usize = 16;
+
+pub(super) struct RedisSockets {
+    /// Where Redis is (resolved at startup); attempts go round them.
+    addrs: Vec<SocketAddr>,
+    attempts: usize,
+    conns: [Option<Conn>; 2],
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// The TCP connection is established.
+    connected: bool,
+    /// The socket took less than offered: wait for a writable event.
+    blocked: bool,
+    /// Read its share this turn without draining it: read again next turn.
+    read_again: bool,
+}
+
+impl RedisSockets {
+    pub(super) const TOKENS: [Token; 2] = [Token(usize::MAX - 5), Token(usize::MAX - 6)];
+
+    pub(super) fn new(addrs: Vec<SocketAddr>) -> RedisSockets {
+        RedisSockets { addrs, attempts: 0, conns: [None, None] }
+    }
+
+    pub(super) fn role(token: Token) -> Option<Role> {
+        Role::BOTH.into_iter().find(|&role| Self::TOKENS[role as usize] == token)
+    }
+
+    /// Readiness of a Redis socket.
+    pub(super) fn ready(&mut self, role: Role, event: &Event, hub: &mut Hub<Stream>, scratch: &mut [u8], now: Millis) {
+        let Some(conn) = self.conns[role as usize].as_mut() else { return };
+        if !conn.connected {
+            match established(&conn.stream) {
+                Ok(true) => conn.connected = true,
+                Ok(false) => return,
+                Err(e) => return lost(hub, role, &e, now),
+            }
+        }
+        if event.is_writable() {
+            conn.blocked = false;
+        }
+        if event.is_readable() || event.is_read_closed() || event.is_error() {
+            self.read(role, hub, scratch, now);
+        }
+    }
+
+    /// Reads a share of what Redis sent.
+    fn read(&mut self, role: Role, hub: &mut Hub<Stream>, scratch: &mut [u8], now: Millis) {
+        let Some(conn) = self.conns[role as usize].as_mut() else { return };
+        conn.read_again = false;
+        for _ in 0..READS_PER_TURN {
+            match conn.stream.read(scratch) {
+                Ok(0) => return lost(hub, role, &io::Error::from(io::ErrorKind::UnexpectedEof), now),
+                Ok(n) => {
+                    hub.redis_received(role, &scratch[..n], now);
+                    if hub.bridge().is_none_or(|b| b.is_down(role)) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return lost(hub, role, &e, now),
+            }
+        }
+        conn.read_again = true;
+    }
+
+    /// Once per turn: reads on where a share was left, closes the sockets of
+    /// links the bridge gave up, opens those it asks for, writes what it
+    /// has to send.
+    pub(super) fn turn(&mut self, registry: &Registry, hub: &mut Hub<Stream>, scratch: &mut [u8], now: Millis) {
+        for role in Role::BOTH {
+            if self.conns[role as usize].as_ref().is_some_and(|c| c.read_again) {
+                self.read(role, hub, scratch, now);
+            }
+            let Some(bridge) = hub.bridge() else { return };
+            bridge.handle_timeout(now);
+            if bridge.is_down(role)
+                && let Some(mut conn) = self.conns[role as usize].take()
+            {
+                let _ = registry.deregister(&mut conn.stream);
+            }
+            if self.conns[role as usize].is_none() && bridge.connect_due(role, now) {
+                self.connect(role, registry, hub, now);
+            }
+            self.write(role, hub, now);
+        }
+    }
+
+    /// When the bridge next needs a turn (a retry, a timeout, a ping), or
+    /// now when a socket has more to read.
+    pub(super) fn next_deadline(&self, hub: &mut Hub<Stream>, now: Millis) -> Option<Millis> {
+        if self.conns.iter().flatten().any(|c| c.read_again) {
+            return Some(now);
+        }
+        hub.bridge().map(|b| b.next_deadline())
+    }
+
+    fn connect(&mut self, role: Role, registry: &Registry, hub: &mut Hub<Stream>, now: Millis) {
+        let addr = self.addrs[self.attempts % self.addrs.len()];
+        self.attempts += 1;
+        let opened = TcpStream::connect(addr).and_then(|mut stream| {
+            registry.register(&mut stream, Self::TOKENS[role as usize], Interest::READABLE | Interest::WRITABLE)?;
+            Ok(stream)
+        });
+        match opened {
+            Ok(stream) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!("redis {}: TCP_NODELAY: {e}", role.label());
+                }
+                let conn = Conn { stream, connected: false, blocked: false, read_again: false };
+                self.conns[role as usize] = Some(conn);
+            }
+            Err(e) => lost(hub, role, &e, now),
+        }
+    }
+
+    fn write(&mut self, role: Role, hub: &mut Hub<Stream>, now: Millis) {
+        let Some(conn) = self.conns[role as usize].as_mut() else { return };
+        let Some(bridge) = hub.bridge() else { return };
+        while conn.connected && !conn.blocked {
+            let bytes = bridge.transmit(role);
+            if bytes.is_empty() {
+                return;
+            }
+            match conn.stream.write(bytes) {
+                Ok(n) => bridge.sent(role, n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.blocked = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return bridge.lost(role, &e.to_string(), now),
+            }
+        }
+    }
+}
+
+/// Whether a non-blocking connect finished; an error if it failed.
+fn established(stream: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = stream.take_error()? {
+        return Err(e);
+    }
+    match stream.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn lost(hub: &mut Hub<Stream>, role: Role, e: &io::Error, now: Millis) {
+    if let Some(bridge) = hub.bridge() {
+        bridge.lost(role, &e.to_string(), now);
+    }
+}
