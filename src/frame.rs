@@ -746,4 +746,17 @@ mod tests {
             assert_eq!(data, original, "split {split}");
         }
     }
+
+    #[test]
+    fn message_parts_reads_back_what_encode_wrote() {
+        for len in [0, 125, 126, 65535, 65536] {
+            let payload = vec![7u8; len];
+            for kind in [MessageKind::Text, MessageKind::Binary] {
+                let frame = encode_message(kind, &payload);
+                assert_eq!(message_parts(&frame), Some((kind, &payload[..])), "{len}");
+            }
+        }
+        assert_eq!(message_parts(&encode_ping(b"x")), None, "control frames are not messages");
+        assert_eq!(message_parts(&[]), None);
+    }
 }

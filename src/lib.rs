@@ -4,12 +4,14 @@
 //! `http` (requests, routes, responses), `frame` and `utf8` (RFC 6455
 //! framing), `connection` (one connection's state machine), `send_queue`
 //! (bounded per-client queues), `admission` (who may connect), `hub` (every
-//! connection and the hub-wide rules, over any `transport`) and
-//! `subscriptions` (topics). `server` is the thin mio driver around them;
+//! connection and the hub-wide rules, over any `transport`),
+//! `subscriptions` (topics), and `redis` (sharing topics with other hubs).
+//! `server` is the thin mio driver around them;
 //! [`Publisher`] lets other threads publish into the loop.
 //!
 //! The public API is [`Config`], [`Server`], [`Publisher`], [`Message`],
-//! [`PublishError`], [`Topic`] and [`Stats`].
+//! [`PublishError`], [`Topic`], [`Stats`] (with [`RedisStats`]) and
+//! [`RedisUrl`].
 
 mod admission;
 mod auth;
@@ -41,6 +43,7 @@ pub use logger::{LogFormat, dropped_log_lines, init as init_logger};
 pub use origin::OriginPolicy;
 pub use publisher::{Message, PublishError, Publisher};
 pub use reason::Exit;
+pub use redis::{RedisStats, RedisUrl};
 pub use server::Server;
 pub use stats::Stats;
 pub use topic::{Topic, TopicError};
@@ -59,6 +62,7 @@ pub mod testing {
     };
     pub use crate::hub::{ClientId, Hub};
     pub use crate::memory_transport::MemoryTransport;
+    pub use crate::redis::{Bridge, Incoming, Role};
     pub use crate::send_queue::CORK_BYTES;
     pub use crate::transport::Transport;
 }

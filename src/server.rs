@@ -132,6 +132,8 @@ impl Server {
             None
         };
         let shared = Shared::new(waker, config.publisher_queue, config.max_message_size);
+        // With --redis, `Publisher::stats` has Redis figures from the start.
+        shared.lock().stats.redis = config.redis.as_ref().map(|_| Default::default());
         Ok(Server { config, verifier, tls, poll, listener, local_addr, admin, signals, shared, redis_addrs })
     }
 

@@ -64,7 +64,8 @@ pub enum Unshared {
 }
 
 impl Unshared {
-    pub const ALL: [Unshared; 4] = [Unshared::Unavailable, Unshared::BufferFull, Unshared::Unconfirmed, Unshared::Refused];
+    pub const ALL: [Unshared; 4] =
+        [Unshared::Unavailable, Unshared::BufferFull, Unshared::Unconfirmed, Unshared::Refused];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -121,7 +122,8 @@ pub struct Bridge {
     head: Vec<u8>,
     /// Bound on the publisher's unsent commands.
     out_limit: usize,
-    /// Largest reply accepted (a message plus its envelope).
+    /// Largest reply accepted, complete or not (a message, its envelope
+    /// and the push around it): what a link's input may hold.
     max_reply: usize,
     stats: RedisStats,
     /// Per kind of warning: when last logged, and how many were held back.
@@ -274,7 +276,11 @@ impl Bridge {
         let size: usize = topics.clone().map(|t| resp::command_len([7, prefix + t.as_str().len(), body])).sum();
         if link.unsent() + size > self.out_limit {
             self.stats.unshared[Unshared::BufferFull as usize] += count;
-            self.warn(1, now, "the publisher's buffer is full (Redis is slow): messages are delivered on this hub only");
+            self.warn(
+                1,
+                now,
+                "the publisher's buffer is full (Redis is slow): messages are delivered on this hub only",
+            );
             return;
         }
         let Bridge { links, prefix, head, .. } = self;
@@ -301,6 +307,9 @@ impl Bridge {
         let mut pos = 0;
         let failure = loop {
             match resp::parse(&data[pos..], self.max_reply) {
+                // However it is made up (one bulk string, or an array of
+                // many small ones), no reply may be bigger than a message.
+                Ok(Some((_, used))) if used > self.max_reply => break Some("reply over the size bound"),
                 Ok(Some((value, used))) => {
                     pos += used;
                     if let Err(why) = self.reply(role, value, now, deliver) {
@@ -310,6 +319,7 @@ impl Bridge {
                         return;
                     }
                 }
+                Ok(None) if data.len() - pos > self.max_reply => break Some("reply over the size bound"),
                 Ok(None) => break None,
                 Err(invalid) => break Some(invalid.0),
             }
@@ -486,4 +496,199 @@ fn subscribe_command(out: &mut Vec<u8>, command: &[u8], prefix: &[u8], topics: &
     args.push(&command);
     args.extend(channels.iter().map(|c| &c[..]));
     resp::command(out, &args);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::link::{BACKOFF_FIRST, CONNECT_TIMEOUT};
+
+    const ME: u64 = 0xAAAA;
+
+    fn bridge(url: &str) -> Bridge {
+        Bridge::new(RedisUrl::parse(url).unwrap(), "wshub:", ME, 4096, 1000)
+    }
+
+    fn topic(name: &str) -> Topic {
+        Topic::new(name).unwrap()
+    }
+
+    /// Takes everything the link has to send, as text.
+    fn drain(bridge: &mut Bridge, role: Role) -> String {
+        let text = String::from_utf8_lossy(bridge.transmit(role)).into_owned();
+        let n = bridge.transmit(role).len();
+        bridge.sent(role, n);
+        text
+    }
+
+    fn feed(bridge: &mut Bridge, role: Role, bytes: &[u8], now: Millis) -> Vec<(String, MessageKind, Vec<u8>)> {
+        let mut got = Vec::new();
+        bridge.received(role, bytes, now, &mut |m| got.push((m.topic.to_string(), m.kind, m.payload.to_vec())));
+        got
+    }
+
+    fn up(bridge: &mut Bridge, now: Millis) {
+        for role in Role::BOTH {
+            assert!(bridge.connect_due(role, now));
+            drain(bridge, role);
+            feed(bridge, role, b"+PONG\r\n", now);
+            assert!(bridge.is_up(role));
+        }
+    }
+
+    /// A message push as Redis sends it.
+    fn push(channel: &str, message: &[u8]) -> Vec<u8> {
+        let mut out =
+            format!("*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n${}\r\n", channel.len(), message.len()).into_bytes();
+        out.extend_from_slice(message);
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    fn envelope(origin: u64, topics: &[&str], payload: &[u8]) -> Vec<u8> {
+        let topics: Vec<Topic> = topics.iter().map(|t| topic(t)).collect();
+        let mut out = Vec::new();
+        envelope::write_head(&mut out, origin, MessageKind::Text, topics.iter());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn handshake_logs_in_selects_and_pings_then_resubscribes() {
+        let mut bridge = bridge("redis://app:pw@127.0.0.1:6379/2");
+        bridge.topic_added(&topic("a"), 0);
+        bridge.topic_added(&topic("b"), 0);
+        assert!(bridge.connect_due(Role::Subscriber, 0));
+        let sent = drain(&mut bridge, Role::Subscriber);
+        assert!(
+            sent.starts_with(
+                "*3\r\n$4\r\nAUTH\r\n$3\r\napp\r\n$2\r\npw\r\n*2\r\n$6\r\nSELECT\r\n$1\r\n2\r\n*1\r\n$4\r\nPING\r\n*3\r\n$9\r\nSUBSCRIBE\r\n"
+            ),
+            "{sent:?}"
+        );
+        assert!(sent.contains("wshub:a") && sent.contains("wshub:b"));
+        feed(&mut bridge, Role::Subscriber, b"+OK\r\n+OK\r\n", 1);
+        assert!(!bridge.is_up(Role::Subscriber), "not before the PONG");
+        feed(&mut bridge, Role::Subscriber, b"+PONG\r\n", 1);
+        assert!(bridge.is_up(Role::Subscriber));
+        assert_eq!(bridge.stats().connects, [1, 0]);
+    }
+
+    #[test]
+    fn a_refused_login_fails_the_link_and_backs_off() {
+        let mut bridge = bridge("redis://:wrong@127.0.0.1");
+        assert!(bridge.connect_due(Role::Publisher, 0));
+        assert_eq!(drain(&mut bridge, Role::Publisher), "*2\r\n$4\r\nAUTH\r\n$5\r\nwrong\r\n*1\r\n$4\r\nPING\r\n");
+        feed(&mut bridge, Role::Publisher, b"-WRONGPASS invalid username-password pair\r\n", 5);
+        assert!(bridge.is_down(Role::Publisher));
+        assert_eq!(bridge.stats().failures, [0, 1]);
+        assert!(!bridge.connect_due(Role::Publisher, 5 + BACKOFF_FIRST * 3 / 4 - 1), "backs off");
+        assert!(bridge.connect_due(Role::Publisher, 5 + BACKOFF_FIRST));
+    }
+
+    #[test]
+    fn channels_follow_topics_and_wait_while_down() {
+        let mut bridge = bridge("redis://h");
+        bridge.topic_added(&topic("early"), 0);
+        up(&mut bridge, 0);
+        bridge.topic_added(&topic("t"), 1);
+        assert_eq!(drain(&mut bridge, Role::Subscriber), "*2\r\n$9\r\nSUBSCRIBE\r\n$7\r\nwshub:t\r\n");
+        bridge.topic_removed(&topic("t"), 2);
+        assert_eq!(drain(&mut bridge, Role::Subscriber), "*2\r\n$11\r\nUNSUBSCRIBE\r\n$7\r\nwshub:t\r\n");
+        bridge.lost(Role::Subscriber, "test", 3);
+        bridge.topic_added(&topic("later"), 4);
+        bridge.topic_removed(&topic("early"), 4);
+        assert_eq!(bridge.transmit(Role::Subscriber), b"", "nothing queued while down");
+        assert!(bridge.connect_due(Role::Subscriber, 1000));
+        let sent = drain(&mut bridge, Role::Subscriber);
+        assert!(sent.ends_with("*2\r\n$9\r\nSUBSCRIBE\r\n$11\r\nwshub:later\r\n"), "{sent:?}");
+        assert_eq!(bridge.stats().channels, 1);
+    }
+
+    #[test]
+    fn publishes_one_command_per_topic_or_counts_why_not() {
+        let mut bridge = bridge("redis://h");
+        let topics = [topic("a"), topic("b")];
+        bridge.publish(topics.iter(), MessageKind::Text, b"hi", 0);
+        assert_eq!(bridge.stats().unshared, [2, 0, 0, 0], "down: unavailable, per PUBLISH");
+        up(&mut bridge, 0);
+        bridge.publish(topics.iter(), MessageKind::Text, b"hi", 1);
+        let sent = bridge.transmit(Role::Publisher).to_vec();
+        let body = envelope(ME, &["a", "b"], b"hi");
+        let mut expected = Vec::new();
+        resp::command(&mut expected, &[&[b"PUBLISH"], &[b"wshub:a"], &[&body]]);
+        resp::command(&mut expected, &[&[b"PUBLISH"], &[b"wshub:b"], &[&body]]);
+        assert_eq!(sent, expected);
+        // Not written yet; more would pass the 4096-byte bound.
+        bridge.publish(topics[..1].iter(), MessageKind::Binary, &[0; 4000], 2);
+        assert_eq!(bridge.stats().unshared, [2, 1, 0, 0], "buffer full");
+        drain(&mut bridge, Role::Publisher);
+        feed(&mut bridge, Role::Publisher, b":1\r\n-ERR readonly\r\n", 3);
+        assert_eq!((bridge.stats().published, bridge.stats().unshared[3]), (1, 1));
+        bridge.publish(topics[..1].iter(), MessageKind::Text, b"x", 4);
+        bridge.lost(Role::Publisher, "test", 5);
+        assert_eq!(bridge.stats().unshared[2], 1, "unconfirmed when the link broke");
+        assert!(bridge.drained(), "a link that is down holds nothing");
+    }
+
+    #[test]
+    fn hears_other_hubs_and_backends_but_not_itself() {
+        let mut bridge = bridge("redis://h");
+        up(&mut bridge, 0);
+        let other = push("wshub:b", &envelope(7, &["a", "b"], b"from 7"));
+        let mine = push("wshub:b", &envelope(ME, &["b"], b"mine"));
+        let plain = push("wshub:b", b"from redis-cli");
+        let mut stream = [other.clone(), mine, plain].concat();
+        stream.extend_from_slice(b"*3\r\n$9\r\nsubscribe\r\n$7\r\nwshub:b\r\n:1\r\n");
+        // Split at every byte: the same messages come out, once.
+        let mut got = Vec::new();
+        for byte in &stream {
+            got.extend(feed(&mut bridge, Role::Subscriber, std::slice::from_ref(byte), 1));
+        }
+        assert_eq!(
+            got,
+            [
+                ("b".to_string(), MessageKind::Text, b"from 7".to_vec()),
+                ("b".to_string(), MessageKind::Text, b"from redis-cli".to_vec()),
+            ]
+        );
+        assert_eq!(bridge.buffered_bytes(), 0);
+        let got = feed(&mut bridge, Role::Subscriber, &[other.clone(), other].concat(), 2);
+        assert_eq!(got.len(), 2, "one read, several messages");
+        assert_eq!(bridge.stats().received, 4);
+    }
+
+    #[test]
+    fn bad_messages_are_counted_and_bad_replies_fail_the_link() {
+        let mut bridge = bridge("redis://h");
+        up(&mut bridge, 0);
+        let bad = [
+            push("other:b", b"not our prefix"),
+            push("wshub:b", &envelope(7, &["a"], b"on a channel not in its list")),
+            push("wshub:b", &[0xB5, 9, 9]),
+            push("wshub:b", &envelope(7, &["b"], b"\xff not utf-8")),
+        ];
+        assert!(feed(&mut bridge, Role::Subscriber, &bad.concat(), 1).is_empty());
+        assert_eq!(bridge.stats().invalid, 4);
+        assert!(bridge.is_up(Role::Subscriber), "bad messages do not cost the link");
+        feed(&mut bridge, Role::Subscriber, b"!garbage\r\n", 2);
+        assert!(bridge.is_down(Role::Subscriber), "a reply that is not RESP does");
+        // Bigger than a message can be: refused before it is buffered.
+        feed(&mut bridge, Role::Publisher, b"$999999\r\nabc", 3);
+        assert!(bridge.is_down(Role::Publisher));
+    }
+
+    #[test]
+    fn a_silent_redis_is_given_up_after_the_timeout() {
+        let mut bridge = bridge("redis://h");
+        assert!(bridge.connect_due(Role::Subscriber, 0));
+        assert_eq!(bridge.next_deadline(), 0, "the publisher is due too");
+        assert!(bridge.connect_due(Role::Publisher, 0));
+        assert_eq!(bridge.next_deadline(), CONNECT_TIMEOUT);
+        bridge.handle_timeout(CONNECT_TIMEOUT - 1);
+        assert!(!bridge.is_down(Role::Subscriber));
+        bridge.handle_timeout(CONNECT_TIMEOUT);
+        assert!(bridge.is_down(Role::Subscriber) && bridge.is_down(Role::Publisher));
+        assert_eq!(bridge.stats().failures, [1, 1]);
+    }
 }

@@ -24,9 +24,13 @@ pub const BACKOFF_CAP: Millis = 5_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Not connected; try again at `retry_at`.
-    Down { retry_at: Millis },
+    Down {
+        retry_at: Millis,
+    },
     /// Connecting, or waiting for the handshake's replies, since `since`.
-    Starting { since: Millis },
+    Starting {
+        since: Millis,
+    },
     Up,
 }
 

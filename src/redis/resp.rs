@@ -169,14 +169,18 @@ fn decode(input: &[u8]) -> Result<(Value<'_>, usize), Invalid> {
     Ok((value, next))
 }
 
-/// The type byte at `pos`, the rest of its line, and where the next line
-/// starts; `None` while the line is incomplete.
-fn line(input: &[u8], pos: usize) -> Result<Option<(u8, &[u8], usize)>, Invalid> {
+/// One line of RESP: its type byte, the rest of it, and where the next
+/// line starts.
+type Line<'a> = (u8, &'a [u8], usize);
+
+/// The line at `pos`; `None` while it is incomplete.
+fn line(input: &[u8], pos: usize) -> Result<Option<Line<'_>>, Invalid> {
     let Some(rest) = input.get(pos..).filter(|rest| !rest.is_empty()) else {
         return Ok(None);
     };
     let window = &rest[..rest.len().min(MAX_LINE + 2)];
-    match window.iter().position(|&b| b == b'\r') {
+    // The type byte is never the line's end, even when it is a CR.
+    match window.iter().skip(1).position(|&b| b == b'\r').map(|i| i + 1) {
         Some(cr) if cr + 1 == window.len() => Ok(None),
         Some(cr) if window[cr + 1] == b'\n' => Ok(Some((rest[0], &rest[1..cr], pos + cr + 2))),
         Some(_) => Err(Invalid("CR without LF")),
@@ -293,6 +297,8 @@ mod tests {
             b"+a\rb\r\n",
             b":99999999999999999999\r\n",
             b"$100\r\n",
+            b"\r\n+OK\r\n",
+            b"\r\r\n",
         ] {
             assert!(parse(bad, 10).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

@@ -122,7 +122,10 @@ mod tests {
         assert_eq!((url.host.as_str(), url.db), ("redis.local", 3));
         assert_eq!(url.to_string(), "redis://app:***@redis.local:6379/3", "no password in logs");
         let url = RedisUrl::parse("redis://:secret@[::1]/").unwrap();
-        assert_eq!((url.username.as_deref(), url.password.as_deref(), url.host.as_str(), url.port), (None, Some("secret"), "::1", 6379));
+        assert_eq!(
+            (url.username.as_deref(), url.password.as_deref(), url.host.as_str(), url.port),
+            (None, Some("secret"), "::1", 6379)
+        );
         assert_eq!(format!("{url:?}"), "redis://:***@[::1]:6379/0");
     }
 

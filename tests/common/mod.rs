@@ -5,6 +5,7 @@
 pub mod chromium;
 #[cfg(feature = "jwt")]
 pub mod jwt;
+pub mod redis;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,0 +1,365 @@
+//! Scale-out through Redis pub/sub (`--redis`): several hubs against a real
+//! `redis-server` each test starts on a free port, with clients on real
+//! sockets. Cross-hub delivery both ways, once per receiver however many of
+//! the sender's topics it holds, in order; channels following the local
+//! subscribers; and the faults: Redis killed and restarted, a Redis that
+//! never answers, one that stops reading.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::redis::{self, Redis};
+use common::{Client, Hub, client, http, next_message, status_of, text, wait_until};
+use tungstenite::Message;
+use wshub::{Config, RedisStats};
+
+fn hub_on(redis: &Redis) -> Hub {
+    Hub::start(Config { redis: Some(redis.parsed_url()), ..Config::default() })
+}
+
+fn redis_stats(hub: &Hub) -> RedisStats {
+    hub.publisher.stats().redis.expect("a hub with --redis has Redis figures")
+}
+
+/// Waits until every hub's Redis links are up.
+fn wait_up(hubs: &[&Hub]) {
+    wait_until("the Redis links up", || hubs.iter().all(|h| redis_stats(h).up == [true, true]));
+}
+
+fn send(ws: &mut Client, text: &str) {
+    ws.send(Message::text(text)).unwrap();
+}
+
+#[test]
+fn messages_cross_hubs_both_ways_from_every_source() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let mut on_a = client(&a, "/ws?topic=t");
+    let mut on_b = client(&b, "/ws?topic=t");
+    wait_until("both hubs on channel wshub:t", || redis.numsub("wshub:t") == 2);
+
+    send(&mut on_a, "from a");
+    assert_eq!(text(&mut on_a), "from a", "local delivery as before");
+    assert_eq!(text(&mut on_b), "from a");
+
+    on_b.send(Message::binary(vec![0xB5, 0, 1])).unwrap();
+    assert_eq!(next_message(&mut on_b), Message::binary(vec![0xB5, 0, 1]));
+    assert_eq!(next_message(&mut on_a), Message::binary(vec![0xB5, 0, 1]), "opcode and bytes preserved");
+
+    // HTTP publish answers with this hub's receivers only.
+    let response = http(a.addr, b"POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(status_of(&response), 200);
+    assert!(response.ends_with("{\"receivers\": 1}\n"), "{response}");
+    assert_eq!(text(&mut on_a), "hello");
+    assert_eq!(text(&mut on_b), "hello");
+
+    b.publisher.publish("t", "from a Publisher").unwrap();
+    assert_eq!(text(&mut on_b), "from a Publisher");
+    assert_eq!(text(&mut on_a), "from a Publisher");
+
+    // A backend may publish straight to the channel.
+    assert_eq!(redis.publish("wshub:t", "from redis-cli"), 2);
+    assert_eq!(text(&mut on_a), "from redis-cli");
+    assert_eq!(text(&mut on_b), "from redis-cli");
+
+    // Nothing came twice: the next message is the next one sent.
+    send(&mut on_a, "last");
+    assert_eq!(text(&mut on_a), "last");
+    assert_eq!(text(&mut on_b), "last");
+    let stats = redis_stats(&a);
+    assert_eq!(stats.unshared, [0; 4]);
+    assert_eq!(stats.invalid, 0);
+}
+
+#[test]
+fn a_multi_topic_sender_reaches_each_remote_receiver_once() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b, c) = (hub_on(&redis), hub_on(&redis), hub_on(&redis));
+    let mut sender = client(&a, "/ws?topic=x&topic=y&topic=z");
+    let mut holds_two = client(&b, "/ws?topic=y&topic=x");
+    let mut holds_y = client(&b, "/ws?topic=y");
+    let mut holds_z = client(&c, "/ws?topic=z&topic=other");
+    let mut elsewhere = client(&c, "/ws?topic=other");
+    wait_until("channels x, y, z held", || {
+        redis.numsub("wshub:x") == 2 && redis.numsub("wshub:y") == 2 && redis.numsub("wshub:z") == 2
+    });
+    for i in 0..20 {
+        send(&mut sender, &format!("m{i}"));
+    }
+    for receiver in [&mut sender, &mut holds_two, &mut holds_y, &mut holds_z] {
+        for i in 0..20 {
+            assert_eq!(text(receiver), format!("m{i}"), "each once, in order");
+        }
+    }
+    // A marker through a path of its own: whatever came in between would
+    // be a duplicate.
+    send(&mut elsewhere, "marker");
+    assert_eq!(text(&mut holds_z), "marker");
+    assert_eq!(text(&mut elsewhere), "marker");
+    b.publisher.publish("x", "marker x").unwrap();
+    assert_eq!(text(&mut holds_two), "marker x");
+    b.publisher.publish("y", "marker y").unwrap();
+    assert_eq!(text(&mut holds_y), "marker y");
+    assert_eq!(text(&mut holds_two), "marker y");
+}
+
+#[test]
+fn per_sender_order_holds_across_hubs_under_load() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    // The senders hear each other's messages too and do not read them: a
+    // queue that holds them all.
+    let a = Hub::start(Config { redis: Some(redis.parsed_url()), queue_messages: 50_000, ..Config::default() });
+    let b = hub_on(&redis);
+    const SENDERS: usize = 3;
+    const MESSAGES: usize = 2000;
+    let receivers: Vec<_> = (0..2).map(|_| client(&b, "/ws?topic=load&topic=also")).collect();
+    let senders: Vec<_> = (0..SENDERS).map(|i| client(&a, &format!("/ws?topic=also&topic=load&topic=s{i}"))).collect();
+    wait_until("both channels held by both hubs", || {
+        redis.numsub("wshub:load") == 2 && redis.numsub("wshub:also") == 2
+    });
+    let readers: Vec<_> = receivers
+        .into_iter()
+        .map(|mut ws| {
+            std::thread::spawn(move || {
+                let mut next = [0usize; SENDERS];
+                for _ in 0..SENDERS * MESSAGES {
+                    let text = text(&mut ws);
+                    let (sender, n) = text.split_once(':').unwrap();
+                    let (sender, n): (usize, usize) = (sender.parse().unwrap(), n.parse().unwrap());
+                    assert_eq!(n, next[sender], "sender {sender}: in order, none missing, none twice");
+                    next[sender] += 1;
+                }
+                next
+            })
+        })
+        .collect();
+    let writers: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            std::thread::spawn(move || {
+                for n in 0..MESSAGES {
+                    ws.send(Message::text(format!("{i}:{n}"))).unwrap();
+                }
+                // Keep the connection (and its topics) until the readers are done.
+                ws
+            })
+        })
+        .collect();
+    let _writers: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), [MESSAGES; SENDERS]);
+    }
+}
+
+#[test]
+fn channels_follow_the_first_and_last_local_subscriber() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    wait_up(&[&a, &b]);
+    let numsub = |n: u64| wait_until(&format!("{n} hub(s) on wshub:t"), || redis.numsub("wshub:t") == n);
+    let first_on_a = client(&a, "/ws?topic=t&topic=u");
+    numsub(1);
+    let on_b = client(&b, "/ws?topic=t");
+    numsub(2);
+    let second_on_a = client(&a, "/ws?topic=t");
+    wait_until("hub a needing channels t and u", || redis_stats(&a).channels == 2);
+    drop(first_on_a);
+    wait_until("u released", || redis.numsub("wshub:u") == 0);
+    assert_eq!(redis.numsub("wshub:t"), 2, "a still has a subscriber of t");
+    drop(second_on_a);
+    numsub(1);
+    drop(on_b);
+    numsub(0);
+    wait_until("no channels left", || redis_stats(&a).channels == 0 && redis_stats(&b).channels == 0);
+}
+
+#[test]
+fn redis_killed_and_restarted_local_delivery_goes_on_and_sharing_resumes() {
+    if !redis::available() {
+        return;
+    }
+    let mut redis = Redis::start();
+    let (a, b) = (hub_on(&redis), hub_on(&redis));
+    let mut on_a = client(&a, "/ws?topic=t");
+    let mut also_on_a = client(&a, "/ws?topic=t");
+    let mut on_b = client(&b, "/ws?topic=t");
+    wait_until("both hubs on wshub:t", || redis.numsub("wshub:t") == 2);
+    send(&mut on_a, "before");
+    for ws in [&mut on_a, &mut also_on_a, &mut on_b] {
+        assert_eq!(text(ws), "before");
+    }
+
+    redis.kill();
+    wait_until("hub a sees Redis gone", || redis_stats(&a).up == [false, false]);
+    for i in 0..5 {
+        send(&mut on_a, &format!("while down {i}"));
+        assert_eq!(text(&mut on_a), format!("while down {i}"));
+        assert_eq!(text(&mut also_on_a), format!("while down {i}"), "local delivery never stops");
+    }
+    // Refused at once while the link is down, or lost with a reconnection
+    // attempt that failed.
+    wait_until("the messages counted as not shared", || {
+        let unshared = redis_stats(&a).unshared;
+        unshared[0] + unshared[2] >= 5
+    });
+
+    redis.restart();
+    let restarted = Instant::now();
+    wait_until("both hubs subscribed again", || redis.numsub("wshub:t") == 2);
+    wait_up(&[&a, &b]);
+    let resumed = restarted.elapsed();
+    // Back within the back-off cap (5 s), plus a connect and handshake.
+    assert!(resumed < Duration::from_secs(8), "resumed after {resumed:?}");
+    send(&mut on_a, "after");
+    assert_eq!(text(&mut on_b), "after", "cross-hub delivery resumed");
+    assert_eq!(text(&mut on_a), "after");
+    assert_eq!(text(&mut also_on_a), "after");
+    // What was published while Redis was away is lost (at-most-once): the
+    // next message on b is the one after.
+    send(&mut on_b, "from b");
+    assert_eq!(text(&mut on_b), "from b");
+    assert_eq!(text(&mut on_a), "from b");
+    let stats = redis_stats(&b);
+    assert!(stats.failures[0] >= 1 && stats.connects[0] >= 2, "{stats:?}");
+}
+
+/// A TCP port that accepts connections and never says a word; counts them.
+fn silent_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(64) {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn a_redis_that_never_answers_is_given_up_and_retried_while_local_delivery_goes_on() {
+    let (addr, accepted) = silent_server();
+    let url = wshub::RedisUrl::parse(&format!("redis://{addr}")).unwrap();
+    let hub = Hub::start(Config { redis: Some(url), ..Config::default() });
+    let mut one = client(&hub, "/ws?topic=t");
+    let mut two = client(&hub, "/ws?topic=t");
+    let started = Instant::now();
+    send(&mut one, "local");
+    assert_eq!(text(&mut two), "local");
+    assert_eq!(text(&mut one), "local");
+    assert!(started.elapsed() < Duration::from_secs(2), "not held up by Redis");
+    wait_until("both links given up after the handshake timeout", || {
+        let stats = redis_stats(&hub);
+        stats.failures[0] >= 1 && stats.failures[1] >= 1
+    });
+    wait_until("and retried", || accepted.load(Ordering::SeqCst) >= 4);
+    let stats = redis_stats(&hub);
+    assert_eq!((stats.up, stats.connects), ([false, false], [0, 0]));
+    send(&mut two, "still local");
+    assert_eq!(text(&mut one), "still local");
+}
+
+/// A Redis stand-in that answers the handshake's PING, then stops reading.
+fn redis_that_stops_reading() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { continue };
+            let mut seen = Vec::new();
+            let mut buf = [0; 1024];
+            while !seen.windows(4).any(|w| w == b"PING") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"+PONG\r\n");
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_redis_that_stops_reading_fills_a_bounded_buffer_and_never_stalls_the_hub() {
+    let addr = redis_that_stops_reading();
+    let url = wshub::RedisUrl::parse(&format!("redis://{addr}")).unwrap();
+    // An eighth of the budget (512 KiB) for the publisher's buffer.
+    let config = Config { redis: Some(url), max_buffered_bytes: 4 << 20, ..Config::default() };
+    let hub = Hub::start(config);
+    wait_up(&[&hub]);
+    let mut sender = client(&hub, "/ws?topic=t");
+    let mut receiver = client(&hub, "/ws?topic=t");
+    let payload = "x".repeat(60_000);
+    for i in 0..100 {
+        sender.send(Message::text(format!("{i}{payload}"))).unwrap();
+        // Local receivers keep getting everything, at once.
+        assert!(text(&mut receiver).starts_with(&i.to_string()));
+        assert!(text(&mut sender).starts_with(&i.to_string()));
+    }
+    wait_until("messages over the buffer counted, not queued without end", || redis_stats(&hub).unshared[1] > 0);
+    let stats = redis_stats(&hub);
+    assert!(stats.buffered_bytes <= 600 << 10, "bounded: {stats:?}");
+    wait_until("the link given up: Redis owes replies for 5 s", || redis_stats(&hub).failures[1] >= 1);
+}
+
+#[test]
+fn reuse_port_lets_two_hubs_share_a_port_and_redis_joins_them() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let config =
+        |listen: SocketAddr| Config { listen, reuse_port: true, redis: Some(redis.parsed_url()), ..Config::default() };
+    let first = wshub::Server::bind(config("127.0.0.1:0".parse().unwrap())).unwrap();
+    let addr = first.local_addr();
+    let second = wshub::Server::bind(config(addr)).expect("a second hub binds the same port");
+    assert!(
+        wshub::Server::bind(Config { listen: addr, ..Config::default() }).is_err(),
+        "without --reuse-port the port is taken"
+    );
+    let publishers = [first.publisher(), second.publisher()];
+    let threads = [std::thread::spawn(move || first.run()), std::thread::spawn(move || second.run())];
+    // The kernel spreads connections over both; each client reaches all.
+    let mut clients: Vec<Client> = Vec::new();
+    for _ in 0..16 {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+        clients.push(tungstenite::client::client(format!("ws://{addr}/ws"), stream).unwrap().0);
+    }
+    wait_until("connections on both hubs", || publishers.iter().all(|p| p.stats().open > 0));
+    wait_until("both hubs on wshub:all", || redis.numsub("wshub:all") == 2);
+    send(&mut clients[0], "to everyone");
+    for ws in &mut clients {
+        assert_eq!(text(ws), "to everyone");
+    }
+    for publisher in &publishers {
+        publisher.shutdown();
+    }
+    for thread in threads {
+        thread.join().unwrap().unwrap();
+    }
+}
