@@ -241,6 +241,28 @@ fn redis_killed_and_restarted_local_delivery_goes_on_and_sharing_resumes() {
     assert!(stats.failures[0] >= 1 && stats.connects[0] >= 2, "{stats:?}");
 }
 
+#[test]
+fn a_hub_shutting_down_first_hands_redis_what_it_accepted() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let (mut a, b) = (hub_on(&redis), hub_on(&redis));
+    let mut on_b = client(&b, "/ws?topic=t");
+    wait_up(&[&a]);
+    wait_until("b on wshub:t", || redis.numsub("wshub:t") == 1);
+    // More than a socket takes at once, less than the publisher's buffer.
+    let filler = "x".repeat(60_000);
+    for i in 0..100 {
+        a.publisher.publish("t", format!("m{i} {filler}")).unwrap();
+    }
+    // Accepted, then at once told to stop: the PUBLISHes still go out.
+    a.stop().unwrap();
+    for i in 0..100 {
+        assert_eq!(text(&mut on_b), format!("m{i} {filler}"));
+    }
+}
+
 /// A TCP port that accepts connections and never says a word; counts them.
 fn silent_server() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

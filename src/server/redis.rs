@@ -98,8 +98,11 @@ impl RedisSockets {
             if self.conns[role as usize].as_ref().is_some_and(|c| c.read_again) {
                 self.read(role, hub, scratch, now);
             }
+        }
+        let Some(bridge) = hub.bridge() else { return };
+        bridge.handle_timeout(now);
+        for role in Role::BOTH {
             let Some(bridge) = hub.bridge() else { return };
-            bridge.handle_timeout(now);
             if bridge.is_down(role)
                 && let Some(mut conn) = self.conns[role as usize].take()
             {

@@ -10,10 +10,11 @@
 //!   loadgen --addr 127.0.0.1:8080 --pid PID --clients N
 //!           [--size BYTES] [--mode closed|rate|idle] [--window W] [--rate MSGS_PER_S]
 //!           [--warmup SECS] [--duration SECS] [--sources K] [--path /ws?token=...]
-//!           [--tls-ca PEM]
+//!           [--tls-ca PEM] [--publish-addr ADDR]
 //!
 //! `--tls-ca`: connect over TLS (rustls, ring), trusting that certificate,
-//! as server name `localhost`.
+//! as server name `localhost`. `--publish-addr`: client 0 (the publisher)
+//! connects there instead, e.g. to another hub sharing topics through Redis.
 //!
 //! closed: at most W messages in flight (a message is done when all N clients
 //! have it). rate: a fixed number of messages per second. idle: connect, wait,
@@ -46,6 +47,8 @@ struct Options {
     path: String,
     /// Connect over TLS, trusting this PEM certificate.
     tls_ca: Option<String>,
+    /// Where client 0, the publisher, connects (default: `addr`).
+    publish_addr: Option<SocketAddr>,
 }
 
 fn parse_options() -> Options {
@@ -62,6 +65,7 @@ fn parse_options() -> Options {
         sources: 4,
         path: "/ws".into(),
         tls_ca: None,
+        publish_addr: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -79,6 +83,7 @@ fn parse_options() -> Options {
             "--sources" => o.sources = parsed(&arg, &value),
             "--path" => o.path = value,
             "--tls-ca" => o.tls_ca = Some(value),
+            "--publish-addr" => o.publish_addr = Some(parsed(&arg, &value)),
             _ => fail(&format!("unknown argument {arg}")),
         }
     }
@@ -317,7 +322,8 @@ fn main() {
         while conns.len() < o.clients && conns.len() - opened < CONNECT_BATCH {
             let i = conns.len();
             let source = 1 + (i % o.sources.max(1) as usize) as u8;
-            let mut tcp = connect(o.addr, source).unwrap_or_else(|e| fail(&format!("connect #{i}: {e}")));
+            let addr = if i == 0 { o.publish_addr.unwrap_or(o.addr) } else { o.addr };
+            let mut tcp = connect(addr, source).unwrap_or_else(|e| fail(&format!("connect #{i}: {e}")));
             poll.registry().register(&mut tcp, Token(i), Interest::READABLE | Interest::WRITABLE).expect("register");
             let stream = match &tls {
                 None => Io::Plain(tcp),
