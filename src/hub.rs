@@ -385,7 +385,9 @@ impl<T: Transport> Hub<T> {
         self.stats.published += 1;
         let (subscriptions, mut fanout) = self.fanout(now);
         let receivers = subscriptions.for_each_subscriber(topic, |id| fanout.deliver(id, &frame));
-        share(&mut self.bridge, std::iter::once(topic), &frame, now);
+        if self.bridge.is_some() {
+            share(&mut self.bridge, std::iter::once(topic), &frame, now);
+        }
         drop(frame);
         self.apply_deferred(now);
         self.enforce_budget(now);
@@ -601,6 +603,9 @@ impl<T: Transport> Hub<T> {
 
     /// Queues a client's message to every client on its topics.
     fn broadcast_from(&mut self, sender: ClientId, frame: SharedFrame, now: Millis) {
+        if self.bridge.is_some() {
+            share(&mut self.bridge, self.subscriptions.publish_topics(sender), &frame, now);
+        }
         let no_echo = self.config.no_echo;
         let (subscriptions, mut fanout) = self.fanout(now);
         subscriptions.for_each_peer(sender, |id| {
@@ -608,7 +613,6 @@ impl<T: Transport> Hub<T> {
                 fanout.deliver(id, &frame);
             }
         });
-        share(&mut self.bridge, self.subscriptions.publish_topics(sender), &frame, now);
         drop(frame);
         self.apply_deferred(now);
     }
@@ -650,7 +654,10 @@ impl<T: Transport> Hub<T> {
     }
 }
 
-/// Hands a message this hub accepted to Redis, for the other hubs.
+/// Hands a message this hub accepted to Redis, for the other hubs. Kept
+/// out of line: inlined, it cost the local fan-out loop five instructions
+/// per delivery (callgrind), with Redis off.
+#[inline(never)]
 fn share<'t>(
     bridge: &mut Option<Bridge>,
     topics: impl Iterator<Item = &'t Topic> + Clone,

@@ -26,7 +26,7 @@ use crate::connection::Millis;
 use crate::frame::{self, MessageKind};
 use crate::hub::{ClientId, Hub};
 use crate::publisher::{Message, Publisher, Shared};
-use crate::redis::Bridge;
+use crate::redis::{Bridge, Role};
 use crate::transport::Stream;
 
 mod redis;
@@ -36,6 +36,8 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+const REDIS_SUBSCRIBER: Token = RedisSockets::TOKENS[Role::Subscriber as usize];
+const REDIS_PUBLISHER: Token = RedisSockets::TOKENS[Role::Publisher as usize];
 
 /// The one read buffer of the loop; connections keep only leftovers.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -246,7 +248,8 @@ impl EventLoop {
                     ADMIN_LISTENER => self.accept(true),
                     WAKER => self.drain_inbox(),
                     SIGNALS => self.on_signals(),
-                    token if let Some(role) = RedisSockets::role(token) => {
+                    REDIS_SUBSCRIBER | REDIS_PUBLISHER => {
+                        let role = if event.token() == REDIS_SUBSCRIBER { Role::Subscriber } else { Role::Publisher };
                         if let Some(redis) = self.redis.as_mut() {
                             redis.ready(role, event, &mut self.hub, &mut self.scratch, self.now);
                         }

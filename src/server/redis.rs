@@ -47,10 +47,6 @@ impl RedisSockets {
         RedisSockets { addrs, attempts: 0, conns: [None, None] }
     }
 
-    pub(super) fn role(token: Token) -> Option<Role> {
-        Role::BOTH.into_iter().find(|&role| Self::TOKENS[role as usize] == token)
-    }
-
     /// Readiness of a Redis socket.
     pub(super) fn ready(&mut self, role: Role, event: &Event, hub: &mut Hub<Stream>, scratch: &mut [u8], now: Millis) {
         let Some(conn) = self.conns[role as usize].as_mut() else { return };
