@@ -26,10 +26,15 @@ use crate::connection::Millis;
 use crate::frame::{self, MessageKind};
 use crate::hub::{ClientId, Hub};
 use crate::publisher::{Message, Publisher, Shared};
-use crate::redis::{Bridge, Role};
+use crate::redis::Role;
 use crate::transport::Stream;
 
+#[cfg(not(feature = "redis"))]
+mod no_redis;
+#[cfg(feature = "redis")]
 mod redis;
+#[cfg(not(feature = "redis"))]
+use no_redis as redis;
 use redis::RedisSockets;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -62,8 +67,8 @@ pub struct Server {
     admin: Option<(TcpListener, SocketAddr)>,
     signals: Option<signal_hook_mio::v1_0::Signals>,
     shared: Arc<Shared>,
-    /// `--redis`, resolved at bind.
-    redis_addrs: Vec<SocketAddr>,
+    /// `--redis`: where Redis is, resolved at bind.
+    redis: Option<RedisSockets>,
 }
 
 /// The running loop. Its frames are `Rc`s (no atomic reference counting on
@@ -108,10 +113,7 @@ impl Server {
             Some(listener) => TcpListener::from_std(listener),
             None => bind_listener(config.listen, config.reuse_port)?,
         };
-        let redis_addrs = match &config.redis {
-            Some(url) => resolve(&url.host, url.port)?,
-            None => Vec::new(),
-        };
+        let redis = RedisSockets::for_config(&config)?;
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let admin = match config.admin_listen {
@@ -136,7 +138,7 @@ impl Server {
         let shared = Shared::new(waker, config.publisher_queue, config.max_message_size);
         // With --redis, `Publisher::stats` has Redis figures from the start.
         shared.lock().stats.redis = config.redis.as_ref().map(|_| Default::default());
-        Ok(Server { config, verifier, tls, poll, listener, local_addr, admin, signals, shared, redis_addrs })
+        Ok(Server { config, verifier, tls, poll, listener, local_addr, admin, signals, shared, redis })
     }
 
     /// The address actually bound (useful with port 0).
@@ -162,12 +164,7 @@ impl Server {
             info!("admin routes (/publish, /healthz) on http://{admin}");
         }
         let systemd = self.config.systemd;
-        let bridge = self.config.redis.clone().map(|url| {
-            info!("sharing topics through {url} (channel prefix {:?})", self.config.redis_prefix);
-            // Bounded within the memory budget: an eighth of it.
-            let out_limit = (self.config.max_buffered_bytes / 8).max(64 * 1024);
-            Bridge::new(url, &self.config.redis_prefix, hub_id(), out_limit, self.config.max_message_size)
-        });
+        let bridge = self.redis.as_ref().map(|redis| redis.bridge(&self.config));
         let mut hub = Hub::new(self.config);
         if let Some(bridge) = bridge {
             hub.set_bridge(bridge);
@@ -190,7 +187,7 @@ impl Server {
             started: Instant::now(),
             now: 0,
             accept_paused_until: None,
-            redis: (!self.redis_addrs.is_empty()).then(|| RedisSockets::new(self.redis_addrs)),
+            redis: self.redis,
         };
         if systemd {
             crate::systemd::notify("READY=1");
@@ -581,31 +578,6 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> 
     // The backlog mio uses.
     socket.listen(1024)?;
     Ok(TcpListener::from_std(socket.into()))
-}
-
-/// The addresses of `--redis`' host, looked up once at startup (a lookup
-/// would block the loop): give an address, or a name that stays put.
-fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    use std::net::ToSocketAddrs;
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| io::Error::new(e.kind(), format!("--redis: cannot resolve {host}: {e}")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--redis: {host} has no address")));
-    }
-    Ok(addrs)
-}
-
-/// A random id for this hub's envelopes, so it knows its own messages when
-/// Redis hands them back. std's hasher keys are seeded from the system's
-/// random source; no dependency needed for 64 random bits.
-fn hub_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
 
 /// Sweep often enough that the shortest deadline is kept to about a quarter

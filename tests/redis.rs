@@ -5,6 +5,8 @@
 //! subscribers; and the faults: Redis killed and restarted, a Redis that
 //! never answers, one that stops reading.
 
+#![cfg(feature = "redis")]
+
 mod common;
 
 use std::io::{Read, Write};

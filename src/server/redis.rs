@@ -10,20 +10,22 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
-use log::debug;
+use log::{debug, info};
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
+use crate::config::Config;
 use crate::connection::Millis;
 use crate::hub::Hub;
-use crate::redis::Role;
+use crate::redis::{Bridge, RedisUrl, Role};
 use crate::transport::Stream;
 
 /// Reads per socket per turn before the others get theirs (64 KiB each).
 const READS_PER_TURN: usize = 16;
 
 pub(super) struct RedisSockets {
+    url: RedisUrl,
     /// Where Redis is (resolved at startup); attempts go round them.
     addrs: Vec<SocketAddr>,
     attempts: usize,
@@ -43,8 +45,28 @@ struct Conn {
 impl RedisSockets {
     pub(super) const TOKENS: [Token; 2] = [Token(usize::MAX - 5), Token(usize::MAX - 6)];
 
-    pub(super) fn new(addrs: Vec<SocketAddr>) -> RedisSockets {
-        RedisSockets { addrs, attempts: 0, conns: [None, None] }
+    /// With `--redis`: Redis' addresses, looked up now, once (a lookup
+    /// would block the loop): give an address, or a name that stays put.
+    pub(super) fn for_config(config: &Config) -> io::Result<Option<RedisSockets>> {
+        let Some(url) = &config.redis else { return Ok(None) };
+        use std::net::ToSocketAddrs;
+        let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
+            .to_socket_addrs()
+            .map_err(|e| io::Error::new(e.kind(), format!("--redis: cannot resolve {}: {e}", url.host)))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--redis: {} has no address", url.host)));
+        }
+        Ok(Some(RedisSockets { url: url.clone(), addrs, attempts: 0, conns: [None, None] }))
+    }
+
+    /// The hub's side of the links, for `config`.
+    pub(super) fn bridge(&self, config: &Config) -> Bridge {
+        let url = self.url.clone();
+        info!("sharing topics through {url} (channel prefix {:?})", config.redis_prefix);
+        // Bounded within the memory budget: an eighth of it.
+        let out_limit = (config.max_buffered_bytes / 8).max(64 * 1024);
+        Bridge::new(url, &config.redis_prefix, hub_id(), out_limit, config.max_message_size)
     }
 
     /// Readiness of a Redis socket.
@@ -173,4 +195,16 @@ fn lost(hub: &mut Hub<Stream>, role: Role, e: &io::Error, now: Millis) {
     if let Some(bridge) = hub.bridge() {
         bridge.lost(role, &e.to_string(), now);
     }
+}
+
+/// A random id for this hub's envelopes, so it knows its own messages when
+/// Redis hands them back. std's hasher keys are seeded from the system's
+/// random source; no dependency needed for 64 random bits.
+fn hub_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
