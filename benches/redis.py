@@ -18,7 +18,7 @@ compares, alternating within every repetition and reporting medians:
 The measured hub is pinned to core 0; the load generator, the other hub
 and Redis share core 1 (they do one thousandth of the measured hub's work
 at N=1000). Loopback only; every process it starts is stopped by PID.
-About 3 minutes (--quick: about 1).
+About 6 minutes (--quick: about 1.5).
 """
 import json
 import os
