@@ -6,7 +6,6 @@
 //! must not grow with the number of receivers.
 
 use std::hint::black_box;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use wshub::testing::{
@@ -17,7 +16,7 @@ use wshub::{Config, Topic};
 
 #[path = "../tests/support/counting_alloc.rs"]
 mod counting_alloc;
-use counting_alloc::ALLOCATIONS;
+use counting_alloc::thread_allocations;
 
 const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n\r\n";
 
@@ -100,13 +99,13 @@ fn main() {
         let rounds = 20;
         let mut allocated = 0;
         let t = median(rounds, || {
-            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let before = thread_allocations();
             let frame = encode_message(MessageKind::Text, &[b'x'; 64]);
             let start = Instant::now();
             hub.publish(&all, frame, 0);
             hub.flush(0);
             let elapsed = start.elapsed();
-            allocated += ALLOCATIONS.load(Ordering::Relaxed) - before;
+            allocated += thread_allocations() - before;
             elapsed
         });
         let allocations = allocated as f64 / rounds as f64;

@@ -66,6 +66,26 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Resul
     Ok(Arc::new(config))
 }
 
+/// The client side, for `rediss://`: servers are checked against the PEM
+/// certificates in `ca_file` (a system bundle, or a private CA).
+pub fn client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    let bad = |e: &dyn std::fmt::Display| format!("rediss:// trust store {}: {e}", ca_file.display());
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(&e))?;
+    // A system bundle may hold a certificate webpki cannot use: skip it.
+    roots.add_parsable_certificates(certs.flatten());
+    if roots.is_empty() {
+        return Err(bad(&"no usable certificate in the file"));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// One TLS connection over a non-blocking TCP socket, on rustls'
 /// unbuffered API: the connection owns no buffer while it is idle. Bytes are
 /// read into, and records encrypted in, buffers shared by the whole thread;

@@ -72,10 +72,6 @@ impl Bridge {
         }
     }
 
-    pub fn url(&self) -> &RedisUrl {
-        &self.url
-    }
-
     pub fn is_down(&self, role: Role) -> bool {
         self.links[role as usize].is_down()
     }

@@ -1,4 +1,5 @@
-//! `--redis URL`: `redis://[user:pass@]host:port[/db]`.
+//! `--redis URL`: `redis://[user:pass@]host:port[/db]`, or `rediss://` for
+//! TLS.
 
 use std::fmt;
 
@@ -12,16 +13,16 @@ pub struct RedisUrl {
     pub password: Option<String>,
     /// `SELECT db` (pub/sub ignores the database, but a proxy may not).
     pub db: u32,
+    /// `rediss://`: TLS, the server's certificate checked against `host`.
+    pub tls: bool,
 }
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<RedisUrl, String> {
-        let rest = match url.split_once("://") {
-            Some(("redis", rest)) => rest,
-            Some(("rediss", _)) => {
-                return Err("rediss:// (TLS to Redis) is not supported yet; use redis:// on a trusted network".into());
-            }
-            _ => return Err("expected redis://[user:pass@]host:port[/db]".into()),
+        let (tls, rest) = match url.split_once("://") {
+            Some(("redis", rest)) => (false, rest),
+            Some(("rediss", rest)) => (true, rest),
+            _ => return Err("expected redis://[user:pass@]host:port[/db] or rediss://...".into()),
         };
         let (authority, db) = match rest.split_once('/') {
             Some((authority, "")) => (authority, 0),
@@ -62,14 +63,14 @@ impl RedisUrl {
             None => 6379,
             Some(port) => port.parse().map_err(|_| format!("bad port '{port}'"))?,
         };
-        Ok(RedisUrl { host: host.to_string(), port, username, password, db })
+        Ok(RedisUrl { host: host.to_string(), port, username, password, db, tls })
     }
 }
 
 /// The URL without its password, for logs.
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("redis://")?;
+        f.write_str(if self.tls { "rediss://" } else { "redis://" })?;
         match (&self.username, &self.password) {
             (Some(user), _) => write!(f, "{user}:***@")?,
             (None, Some(_)) => f.write_str(":***@")?,
@@ -127,6 +128,9 @@ mod tests {
             (None, Some("secret"), "::1", 6379)
         );
         assert_eq!(format!("{url:?}"), "redis://:***@[::1]:6379/0");
+        let url = RedisUrl::parse("rediss://redis.example:6380").unwrap();
+        assert!(url.tls && !RedisUrl::parse("redis://h").unwrap().tls);
+        assert_eq!(url.to_string(), "rediss://redis.example:6380/0");
     }
 
     #[test]
@@ -138,7 +142,6 @@ mod tests {
             ("redis://h/x", "bad database"),
             ("redis://user@h", "user:password"),
             ("redis://h:1?timeout=3", "query"),
-            ("rediss://h", "not supported"),
             ("redis://:%zz@h", "%-escape"),
         ] {
             let err = RedisUrl::parse(bad).unwrap_err();

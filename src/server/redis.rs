@@ -5,7 +5,9 @@
 //! bridge asks for one, reads into the loop's scratch buffer, writes what
 //! the bridge has to send, and closes the socket of a link the bridge gave
 //! up. Sockets are non-blocking like every other: a Redis that stops reading
-//! only fills the bridge's bounded buffer.
+//! only fills the bridge's bounded buffer. With `rediss://`, rustls' client
+//! sits between the socket and the bridge (its own buffers are bounded at
+//! 64 KiB each way).
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -26,6 +28,10 @@ const READS_PER_TURN: usize = 16;
 
 pub(super) struct RedisSockets {
     url: RedisUrl,
+    /// With `rediss://`: the client settings and the name the server's
+    /// certificate must carry.
+    #[cfg(feature = "tls")]
+    tls: Option<ClientTls>,
     /// Where Redis is (resolved at startup); attempts go round them.
     addrs: Vec<SocketAddr>,
     attempts: usize,
@@ -34,6 +40,7 @@ pub(super) struct RedisSockets {
 
 struct Conn {
     stream: TcpStream,
+    wire: Wire,
     /// The TCP connection is established.
     connected: bool,
     /// The socket took less than offered: wait for a writable event.
@@ -49,6 +56,11 @@ impl RedisSockets {
     /// would block the loop): give an address, or a name that stays put.
     pub(super) fn for_config(config: &Config) -> io::Result<Option<RedisSockets>> {
         let Some(url) = &config.redis else { return Ok(None) };
+        #[cfg(not(feature = "tls"))]
+        if url.tls {
+            let why = "this wshub was built without the `tls` feature; rediss:// needs it";
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
         use std::net::ToSocketAddrs;
         let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
             .to_socket_addrs()
@@ -57,7 +69,14 @@ impl RedisSockets {
         if addrs.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--redis: {} has no address", url.host)));
         }
-        Ok(Some(RedisSockets { url: url.clone(), addrs, attempts: 0, conns: [None, None] }))
+        Ok(Some(RedisSockets {
+            url: url.clone(),
+            #[cfg(feature = "tls")]
+            tls: client_tls(url)?,
+            addrs,
+            attempts: 0,
+            conns: [None, None],
+        }))
     }
 
     /// The hub's side of the links, for `config`.
@@ -92,7 +111,12 @@ impl RedisSockets {
         let Some(conn) = self.conns[role as usize].as_mut() else { return };
         conn.read_again = false;
         for _ in 0..READS_PER_TURN {
-            match conn.stream.read(scratch) {
+            let got = match &mut conn.wire {
+                Wire::Plain => conn.stream.read(scratch),
+                #[cfg(feature = "tls")]
+                Wire::Tls(tls) => read_tls(tls, &mut conn.stream, scratch),
+            };
+            match got {
                 Ok(0) => return lost(hub, role, &io::Error::from(io::ErrorKind::UnexpectedEof), now),
                 Ok(n) => {
                     hub.redis_received(role, &scratch[..n], now);
@@ -154,11 +178,26 @@ impl RedisSockets {
                 if let Err(e) = stream.set_nodelay(true) {
                     debug!("redis {}: TCP_NODELAY: {e}", role.label());
                 }
-                let conn = Conn { stream, connected: false, blocked: false, read_again: false };
+                let wire = match self.wire() {
+                    Ok(wire) => wire,
+                    Err(e) => return lost(hub, role, &e, now),
+                };
+                let conn = Conn { stream, wire, connected: false, blocked: false, read_again: false };
                 self.conns[role as usize] = Some(conn);
             }
             Err(e) => lost(hub, role, &e, now),
         }
+    }
+
+    /// What a new connection speaks: plain RESP, or RESP over TLS.
+    fn wire(&self) -> io::Result<Wire> {
+        #[cfg(feature = "tls")]
+        if let Some((config, name)) = &self.tls {
+            let tls = rustls::ClientConnection::new(std::sync::Arc::clone(config), name.clone())
+                .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+            return Ok(Wire::Tls(Box::new(tls)));
+        }
+        Ok(Wire::Plain)
     }
 
     fn write(&mut self, role: Role, hub: &mut Hub<Stream>, now: Millis) {
@@ -166,10 +205,25 @@ impl RedisSockets {
         let Some(bridge) = hub.bridge() else { return };
         while conn.connected && !conn.blocked {
             let bytes = bridge.transmit(role);
-            if bytes.is_empty() {
-                return;
-            }
-            match conn.stream.write(bytes) {
+            let written = match &mut conn.wire {
+                Wire::Plain if bytes.is_empty() => return,
+                Wire::Plain => conn.stream.write(bytes),
+                #[cfg(feature = "tls")]
+                Wire::Tls(tls) => {
+                    // Plaintext into rustls (as much as its buffer takes),
+                    // records out to the socket.
+                    let taken = if bytes.is_empty() { 0 } else { tls.writer().write(bytes).unwrap_or(0) };
+                    bridge.sent(role, taken);
+                    if !tls.wants_write() {
+                        if taken == 0 {
+                            return;
+                        }
+                        continue;
+                    }
+                    tls.write_tls(&mut conn.stream).map(|_| 0)
+                }
+            };
+            match written {
                 Ok(n) => bridge.sent(role, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -177,6 +231,50 @@ impl RedisSockets {
             }
         }
     }
+}
+
+/// What a Redis link speaks over its socket.
+enum Wire {
+    Plain,
+    /// `rediss://`: rustls' client (buffered API: two links, not thousands,
+    /// so its per-connection buffers do not matter).
+    #[cfg(feature = "tls")]
+    Tls(Box<rustls::ClientConnection>),
+}
+
+/// Reads plaintext from a TLS link: what rustls has decrypted, else records
+/// from the socket. `Ok(0)` is the end (close_notify or EOF); `WouldBlock`
+/// when the socket has nothing more.
+#[cfg(feature = "tls")]
+fn read_tls(tls: &mut rustls::ClientConnection, stream: &mut TcpStream, out: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match tls.reader().read(out) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+        if tls.read_tls(stream)? == 0 {
+            return Ok(0);
+        }
+        tls.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
+    }
+}
+
+/// `rediss://`: servers are checked against the system's CA bundle, or the
+/// PEM file `SSL_CERT_FILE` names (OpenSSL's convention), read at startup.
+#[cfg(feature = "tls")]
+type ClientTls = (std::sync::Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>);
+
+#[cfg(feature = "tls")]
+fn client_tls(url: &RedisUrl) -> io::Result<Option<ClientTls>> {
+    if !url.tls {
+        return Ok(None);
+    }
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let ca_file = std::env::var_os("SSL_CERT_FILE").unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let config = crate::tls::client_config(std::path::Path::new(&ca_file)).map_err(invalid)?;
+    let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+        .map_err(|e| invalid(format!("--redis: {} is not a name TLS can check: {e}", url.host)))?;
+    Ok(Some((config, name)))
 }
 
 /// Whether a non-blocking connect finished; an error if it failed.

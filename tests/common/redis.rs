@@ -5,6 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,13 +27,23 @@ pub fn available() -> bool {
 pub struct Redis {
     child: Option<Child>,
     pub port: u16,
+    /// With [`Redis::start_tls`]: the TLS port, and the certificate and key
+    /// it serves.
+    pub tls: Option<(u16, PathBuf, PathBuf)>,
 }
 
 impl Redis {
     /// Starts a Redis on a free port and waits until it answers.
     pub fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut redis = Redis { child: None, port };
+        let mut redis = Redis { child: None, port: free_port(), tls: None };
+        redis.restart();
+        redis
+    }
+
+    /// Starts a Redis that also speaks TLS on a second port (clients need
+    /// no certificate); the plain port stays for the test's own commands.
+    pub fn start_tls(cert: PathBuf, key: PathBuf) -> Redis {
+        let mut redis = Redis { child: None, port: free_port(), tls: Some((free_port(), cert, key)) };
         redis.restart();
         redis
     }
@@ -49,12 +60,15 @@ impl Redis {
     /// Starts it (again) on its port, with nothing saved from before.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server");
+            .args(["--daemonize", "no", "--loglevel", "warning"]);
+        if let Some((port, cert, key)) = &self.tls {
+            command.args(["--tls-port", &port.to_string(), "--tls-auth-clients", "no"]);
+            command.arg("--tls-cert-file").arg(cert).arg("--tls-key-file").arg(key).arg("--tls-ca-cert-file").arg(cert);
+        }
+        let child = command.stdout(Stdio::null()).spawn().expect("redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + PATIENCE;
         while self.try_command(&["PING"]).as_deref() != Some("+PONG\r\n") {
@@ -110,6 +124,10 @@ impl Redis {
         }
         Some(reply)
     }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Drop for Redis {
