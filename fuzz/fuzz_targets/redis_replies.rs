@@ -29,7 +29,7 @@ fn read_all(input: &[u8], splits: &[usize], role: Role) -> (Vec<String>, bool) {
             continue;
         }
         bridge.received(role, &input[start..cut], 1, &mut |m| {
-            assert!(m.payload.len() <= MAX_MESSAGE + 2048);
+            assert!(m.payload.len() <= MAX_MESSAGE, "over --max-message-size");
             heard.push(format!("{} {:?} {:?}", m.topic, m.kind, m.payload));
         });
         // An incomplete reply is held only up to the bound.

@@ -45,6 +45,9 @@ pub struct Bridge {
     head: Vec<u8>,
     /// Bound on the publisher's unsent commands.
     out_limit: usize,
+    /// `--max-message-size`: no larger message is delivered, wherever it
+    /// came from.
+    max_message: usize,
     /// Largest reply accepted, complete or not (a message, its envelope
     /// and the push around it): what a link's input may hold.
     max_reply: usize,
@@ -66,6 +69,7 @@ impl Bridge {
             wanted: HashSet::new(),
             head: Vec::new(),
             out_limit,
+            max_message,
             max_reply: max_message + 2048,
             stats: RedisStats::default(),
             warned: [(None, 0); 3],
@@ -340,6 +344,10 @@ impl Bridge {
                 return;
             }
         };
+        if incoming.payload.len() > self.max_message {
+            self.invalid(now, "a message over --max-message-size");
+            return;
+        }
         if incoming.kind == MessageKind::Text && std::str::from_utf8(incoming.payload).is_err() {
             self.invalid(now, "text that is not UTF-8");
             return;
@@ -586,9 +594,10 @@ mod tests {
             push("wshub:b", &envelope(7, &["a"], b"on a channel not in its list")),
             push("wshub:b", &[0xB5, 9, 9]),
             push("wshub:b", &envelope(7, &["b"], b"\xff not utf-8")),
+            push("wshub:b", &[b'x'; 1001]),
         ];
         assert!(feed(&mut bridge, Role::Subscriber, &bad.concat(), 1).is_empty());
-        assert_eq!(bridge.stats().invalid, 4);
+        assert_eq!(bridge.stats().invalid, 5);
         assert!(bridge.is_up(Role::Subscriber), "bad messages do not cost the link");
         feed(&mut bridge, Role::Subscriber, b"!garbage\r\n", 2);
         assert!(bridge.is_down(Role::Subscriber), "a reply that is not RESP does");
