@@ -294,6 +294,7 @@ impl Bridge {
                     let (Some(channel), Some(message)) = (channel.bytes(), message.bytes()) else {
                         return Err("message push without strings");
                     };
+                    link.heard(now);
                     self.heard(channel, message, now, deliver);
                 } else {
                     // subscribe, unsubscribe, pong: answers to our commands.

@@ -130,6 +130,13 @@ impl Link {
         false
     }
 
+    /// Redis sent something that is not a reply (a message push): it is
+    /// alive and reading, even if replies wait behind a burst of messages.
+    pub fn heard(&mut self, now: Millis) {
+        self.waiting_since = now;
+        self.last_heard = now;
+    }
+
     /// Still in the handshake: the next reply answers it.
     pub fn in_handshake(&self) -> bool {
         self.handshake > 0
@@ -295,6 +302,8 @@ mod tests {
         link.replied(4000);
         link.replied(8000);
         assert_eq!(link.check(8000 + REPLY_TIMEOUT - 1), Ok(()), "progress, not one deadline for all");
-        assert!(link.check(8000 + REPLY_TIMEOUT).is_err());
+        link.heard(9000);
+        assert_eq!(link.check(8000 + REPLY_TIMEOUT), Ok(()), "messages coming in: alive");
+        assert!(link.check(9000 + REPLY_TIMEOUT).is_err());
     }
 }
