@@ -148,6 +148,18 @@ struct Flag {
     help: &'static str,
 }
 
+impl Flag {
+    /// Given several times, each occurrence adds a value (from the
+    /// environment: a comma-separated list).
+    fn repeatable(&self) -> bool {
+        self.name == "jwt-public-key-file"
+    }
+
+    fn env_name(&self) -> String {
+        format!("WSHUB_{}", self.name.replace('-', "_").to_uppercase())
+    }
+}
+
 const FLAGS: &[Flag] = &[
     Flag { name: "listen", value: "ADDR", help: "TCP address to listen on [127.0.0.1:8080]" },
     Flag {
@@ -273,15 +285,13 @@ impl Config {
 
         let mut config = Config { handle_signals: true, systemd: true, ..Config::default() };
         for flag in FLAGS {
-            if flag.name == REPEATABLE {
+            let env_name = flag.env_name();
+            if flag.repeatable() {
                 let values: Vec<String> =
-                    given.iter().filter(|(n, _)| *n == REPEATABLE).flat_map(|(_, v)| v.clone()).collect();
-                let env_name = "WSHUB_JWT_PUBLIC_KEY_FILE";
-                let (values, source) = match env(env_name) {
-                    Some(list) if values.is_empty() => {
-                        (list.split(',').map(str::to_string).collect(), env_name.to_string())
-                    }
-                    _ => (values, format!("--{REPEATABLE}")),
+                    given.iter().filter(|(n, _)| *n == flag.name).flat_map(|(_, v)| v.clone()).collect();
+                let (values, source) = match env(&env_name) {
+                    Some(list) if values.is_empty() => (list.split(',').map(str::to_string).collect(), env_name),
+                    _ => (values, format!("--{}", flag.name)),
                 };
                 for value in values {
                     config.set(flag.name, &value).map_err(|why| format!("invalid {source} '{value}': {why}"))?;
@@ -289,7 +299,6 @@ impl Config {
                 continue;
             }
             let from_flag = given.iter().rev().find(|(n, _)| *n == flag.name);
-            let env_name = format!("WSHUB_{}", flag.name.replace('-', "_").to_uppercase());
             let (value, source) = match from_flag {
                 Some((_, value)) => (value.clone().or_else(|| Some(String::new())), format!("--{}", flag.name)),
                 None => match env(&env_name) {
@@ -379,9 +388,6 @@ impl Config {
         Ok(())
     }
 }
-
-/// The one flag that may be given several times; each occurrence adds a key.
-const REPEATABLE: &str = "jwt-public-key-file";
 
 fn path(value: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(non_empty(value)?))
