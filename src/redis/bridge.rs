@@ -170,10 +170,17 @@ impl Bridge {
     fn subscription(&mut self, command: &[u8], topic: &Topic, now: Millis) {
         let link = &mut self.links[Role::Subscriber as usize];
         // A link that is down subscribes to everything wanted when it is back.
-        if !link.is_down() {
-            let prefix = &self.prefix;
-            link.queue(now, 1, |out| subscribe_command(out, command, prefix, &[topic]));
+        if link.is_down() {
+            return;
         }
+        if link.unsent() > self.out_limit {
+            // Redis is not taking our commands while clients come and go:
+            // start over later from the set wanted then, in bounded memory.
+            self.lost(Role::Subscriber, "subscription changes piling up unsent", now);
+            return;
+        }
+        let prefix = &self.prefix;
+        link.queue(now, 1, |out| subscribe_command(out, command, prefix, &[topic]));
     }
 
     /// Shares a message this hub accepted: one PUBLISH per topic, each
@@ -531,6 +538,14 @@ mod tests {
         let sent = drain(&mut bridge, Role::Subscriber);
         assert!(sent.ends_with("*2\r\n$9\r\nSUBSCRIBE\r\n$11\r\nwshub:later\r\n"), "{sent:?}");
         assert_eq!(bridge.stats().channels, 1);
+        // Redis takes nothing while topics come and go: bounded, then over.
+        feed(&mut bridge, Role::Subscriber, b"+PONG\r\n", 1000);
+        for i in 0..1000 {
+            bridge.topic_added(&topic(&format!("churn{i}")), 1001);
+            assert!(bridge.links[0].unsent() <= 4096 + 64, "bounded");
+        }
+        assert!(bridge.is_down(Role::Subscriber));
+        assert_eq!(bridge.stats().channels, 1001, "still wanted, for the next connection");
     }
 
     #[test]
