@@ -10,6 +10,9 @@
 //! client's [`Transport`], so tests run it on in-memory transports with a
 //! clock they set. Every connection leaves through one exit path,
 //! [`Hub::remove`] / `end`, which logs once, counts, and frees its state.
+//! With `--redis`, the hub also hands every message it accepts to its
+//! [`Bridge`], tells it when topics appear and disappear, and delivers what
+//! other hubs sent (`redis_received`).
 
 use std::io;
 use std::net::SocketAddr;

@@ -6,7 +6,9 @@
 //! when a socket is writable, when a turn ends (the hub then writes what the
 //! turn queued, one gathering system call per client) and when to sweep its
 //! deadlines (at least once a second). Everything the hub decides lives in
-//! `hub.rs` and below, where tests reach it without sockets.
+//! `hub.rs` and below, where tests reach it without sockets. With
+//! `--redis`, `server/redis.rs` moves the bytes of the two Redis links the
+//! same way.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
