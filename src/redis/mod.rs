@@ -77,15 +77,16 @@ impl Unshared {
 /// What the bridge has done, for `/metrics` and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedisStats {
-    /// Per [`Role`]: up now (gauge).
+    /// Per link, `[subscriber, publisher]`: up now (gauge).
     pub up: [bool; 2],
-    /// Per [`Role`]: handshakes completed (counter).
+    /// Per link: handshakes completed (counter).
     pub connects: [u64; 2],
-    /// Per [`Role`]: connections failed or lost (counter).
+    /// Per link: connections failed or lost (counter).
     pub failures: [u64; 2],
     /// PUBLISH commands Redis confirmed (counter).
     pub published: u64,
-    /// PUBLISH commands that did not reach Redis, per [`Unshared`] (counter).
+    /// PUBLISH commands that did not reach Redis (counter), by reason:
+    /// `[unavailable, buffer_full, unconfirmed, refused]`.
     pub unshared: [u64; 4],
     /// Messages from other hubs (or other publishers) delivered here (counter).
     pub received: u64,
