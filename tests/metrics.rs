@@ -140,3 +140,34 @@ fn metrics_follow_the_publish_access_rule_and_the_admin_listener() {
     let (_, m) = scrape(hub.admin.unwrap());
     assert!(m.contains_key(r#"wshub_connections{state="open"}"#));
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_figures_parse_and_count() {
+    if !common::redis::available() {
+        return;
+    }
+    let redis = common::redis::Redis::start();
+    let hub = Hub::start(Config { redis: Some(redis.parsed_url()), ..Config::default() });
+    let mut reader = client(&hub, "/ws?topic=t");
+    wait_until("the hub on wshub:t", || redis.numsub("wshub:t") == 1);
+    for i in 0..3 {
+        hub.publisher.publish("t", format!("m{i}")).unwrap();
+        assert_eq!(text(&mut reader), format!("m{i}"));
+    }
+    assert_eq!(redis.publish("wshub:t", "from a backend"), 1);
+    assert_eq!(text(&mut reader), "from a backend");
+    // PUBLISH replies come on the other link, in their own time.
+    let confirmed = || scrape(hub.addr).1.get("wshub_redis_publishes_total{}") == Some(&3.0);
+    wait_until("Redis confirming the three PUBLISHes", confirmed);
+    let (text, m) = scrape(hub.addr);
+    let get = |name: &str| *m.get(name).unwrap_or_else(|| panic!("no sample {name} in\n{text}"));
+    assert_eq!(get(r#"wshub_redis_up{link="subscriber"}"#), 1.0);
+    assert_eq!(get(r#"wshub_redis_up{link="publisher"}"#), 1.0);
+    assert_eq!(get(r#"wshub_redis_connects_total{link="publisher"}"#), 1.0);
+    assert_eq!(get(r#"wshub_redis_failures_total{link="subscriber"}"#), 0.0);
+    assert_eq!(get(r#"wshub_redis_unshared_total{reason="unavailable"}"#), 0.0);
+    assert_eq!(get("wshub_redis_received_total{}"), 1.0, "its own three came back and were ignored");
+    assert_eq!(get("wshub_redis_invalid_total{}"), 0.0);
+    assert_eq!(get("wshub_redis_channels{}"), 1.0);
+}
