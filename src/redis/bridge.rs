@@ -52,6 +52,8 @@ pub struct Bridge {
     /// and the push around it): what a link's input may hold.
     max_reply: usize,
     stats: RedisStats,
+    /// PUBLISHes queued or written that Redis has not answered yet.
+    unconfirmed: u64,
     /// Per kind of warning: when last logged, and how many were held back.
     warned: [(Option<Millis>, u64); 3],
 }
@@ -72,6 +74,7 @@ impl Bridge {
             max_message,
             max_reply: max_message + 2048,
             stats: RedisStats::default(),
+            unconfirmed: 0,
             warned: [(None, 0); 3],
         }
     }
@@ -122,7 +125,7 @@ impl Bridge {
         }
         if role == Role::Publisher {
             // PUBLISHes written or queued but not confirmed: lost with it.
-            self.stats.unshared[Unshared::Unconfirmed as usize] += link.owed_after_handshake() as u64;
+            self.stats.unshared[Unshared::Unconfirmed as usize] += std::mem::take(&mut self.unconfirmed);
         }
         let was_up = link.is_up();
         let link = &mut self.links[role as usize];
@@ -213,6 +216,7 @@ impl Bridge {
             );
             return;
         }
+        self.unconfirmed += count;
         let Bridge { links, prefix, head, .. } = self;
         links[Role::Publisher as usize].queue(now, count as usize, |out| {
             for topic in topics {
@@ -311,6 +315,7 @@ impl Bridge {
             (_, Value::Error(e)) => {
                 link.replied(now);
                 if role == Role::Publisher {
+                    self.unconfirmed = self.unconfirmed.saturating_sub(1);
                     self.stats.unshared[Unshared::Refused as usize] += 1;
                 }
                 let e = String::from_utf8_lossy(e).into_owned();
@@ -318,6 +323,7 @@ impl Bridge {
             }
             (Role::Publisher, Value::Integer(_)) => {
                 link.replied(now);
+                self.unconfirmed = self.unconfirmed.saturating_sub(1);
                 self.stats.published += 1;
             }
             _ => {
@@ -392,8 +398,7 @@ impl Bridge {
 
     /// Nothing left to send on the publisher (for a graceful shutdown).
     pub fn drained(&self) -> bool {
-        let publisher = &self.links[Role::Publisher as usize];
-        publisher.is_down() || publisher.owed_after_handshake() == 0
+        self.links[Role::Publisher as usize].is_down() || self.unconfirmed == 0
     }
 
     pub fn stats(&self) -> RedisStats {
@@ -436,7 +441,7 @@ fn subscribe_command(out: &mut Vec<u8>, command: &[u8], prefix: &[u8], topics: &
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::redis::link::{BACKOFF_FIRST, CONNECT_TIMEOUT};
+    use crate::redis::link::{BACKOFF_FIRST, CONNECT_TIMEOUT, KEEPALIVE};
 
     const ME: u64 = 0xAAAA;
 
@@ -568,9 +573,12 @@ mod tests {
         drain(&mut bridge, Role::Publisher);
         feed(&mut bridge, Role::Publisher, b":1\r\n-ERR readonly\r\n", 3);
         assert_eq!((bridge.stats().published, bridge.stats().unshared[3]), (1, 1));
-        bridge.publish(topics[..1].iter(), MessageKind::Text, b"x", 4);
-        bridge.lost(Role::Publisher, "test", 5);
-        assert_eq!(bridge.stats().unshared[2], 1, "unconfirmed when the link broke");
+        bridge.handle_timeout(3 + KEEPALIVE);
+        assert!(drain(&mut bridge, Role::Publisher).contains("PING"), "an idle link pings");
+        bridge.publish(topics[..1].iter(), MessageKind::Text, b"x", 3 + KEEPALIVE);
+        assert!(!bridge.drained());
+        bridge.lost(Role::Publisher, "test", 4 + KEEPALIVE);
+        assert_eq!(bridge.stats().unshared[2], 1, "unconfirmed when the link broke (the PING is not a message)");
         assert!(bridge.drained(), "a link that is down holds nothing");
     }
 

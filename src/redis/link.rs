@@ -142,11 +142,6 @@ impl Link {
         self.handshake > 0
     }
 
-    /// Replies owed beyond the handshake's.
-    pub fn owed_after_handshake(&self) -> usize {
-        self.owed - self.handshake
-    }
-
     /// The link failed: drop what it held and schedule the next attempt.
     pub fn fail(&mut self, now: Millis) {
         self.out = Vec::new();
