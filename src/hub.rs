@@ -388,8 +388,8 @@ impl<T: Transport> Hub<T> {
         self.stats.published += 1;
         let (subscriptions, mut fanout) = self.fanout(now);
         let receivers = subscriptions.for_each_subscriber(topic, |id| fanout.deliver(id, &frame));
-        if self.bridge.is_some() {
-            share(&mut self.bridge, std::iter::once(topic), &frame, now);
+        if let Some(bridge) = &mut self.bridge {
+            share(bridge, std::iter::once(topic), &frame, now);
         }
         drop(frame);
         self.apply_deferred(now);
@@ -606,8 +606,8 @@ impl<T: Transport> Hub<T> {
 
     /// Queues a client's message to every client on its topics.
     fn broadcast_from(&mut self, sender: ClientId, frame: SharedFrame, now: Millis) {
-        if self.bridge.is_some() {
-            share(&mut self.bridge, self.subscriptions.publish_topics(sender), &frame, now);
+        if let Some(bridge) = &mut self.bridge {
+            share(bridge, self.subscriptions.publish_topics(sender), &frame, now);
         }
         let no_echo = self.config.no_echo;
         let (subscriptions, mut fanout) = self.fanout(now);
@@ -661,15 +661,8 @@ impl<T: Transport> Hub<T> {
 /// out of line: inlined, it cost the local fan-out loop five instructions
 /// per delivery (callgrind), with Redis off.
 #[inline(never)]
-fn share<'t>(
-    bridge: &mut Option<Bridge>,
-    topics: impl Iterator<Item = &'t Topic> + Clone,
-    frame: &SharedFrame,
-    now: Millis,
-) {
-    if let Some(bridge) = bridge
-        && let Some((kind, payload)) = frame::message_parts(frame)
-    {
+fn share<'t>(bridge: &mut Bridge, topics: impl Iterator<Item = &'t Topic> + Clone, frame: &SharedFrame, now: Millis) {
+    if let Some((kind, payload)) = frame::message_parts(frame) {
         bridge.publish(topics, kind, payload, now);
     }
 }

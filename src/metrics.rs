@@ -99,17 +99,25 @@ pub fn render(stats: &Stats, extras: &Extras) -> String {
 
 /// With `--redis`: the bridge's links and messages.
 fn render_redis(out: &mut Text, redis: &RedisStats) {
-    out.family("wshub_redis_up", "gauge", "Whether the Redis link is up, by link.");
-    for role in Role::BOTH {
-        out.sample("wshub_redis_up", &[("link", role.label())], u64::from(redis.up[role as usize]));
-    }
-    out.family("wshub_redis_connects_total", "counter", "Redis connections established (handshake done), by link.");
-    for role in Role::BOTH {
-        out.sample("wshub_redis_connects_total", &[("link", role.label())], redis.connects[role as usize]);
-    }
-    out.family("wshub_redis_failures_total", "counter", "Redis connections that failed or were lost, by link.");
-    for role in Role::BOTH {
-        out.sample("wshub_redis_failures_total", &[("link", role.label())], redis.failures[role as usize]);
+    for (name, kind, help, values) in [
+        ("wshub_redis_up", "gauge", "Whether the Redis link is up, by link.", redis.up.map(u64::from)),
+        (
+            "wshub_redis_connects_total",
+            "counter",
+            "Redis connections established (handshake done), by link.",
+            redis.connects,
+        ),
+        (
+            "wshub_redis_failures_total",
+            "counter",
+            "Redis connections that failed or were lost, by link.",
+            redis.failures,
+        ),
+    ] {
+        out.family(name, kind, help);
+        for role in Role::BOTH {
+            out.sample(name, &[("link", role.label())], values[role as usize]);
+        }
     }
     out.counter("wshub_redis_publishes_total", "PUBLISH commands Redis confirmed (one per topic).", redis.published);
     out.family(

@@ -43,8 +43,10 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
-const REDIS_SUBSCRIBER: Token = RedisSockets::TOKENS[Role::Subscriber as usize];
-const REDIS_PUBLISHER: Token = RedisSockets::TOKENS[Role::Publisher as usize];
+/// The Redis links' sockets, indexed by `Role`.
+const REDIS_TOKENS: [Token; 2] = [Token(usize::MAX - 5), Token(usize::MAX - 6)];
+const REDIS_SUBSCRIBER: Token = REDIS_TOKENS[Role::Subscriber as usize];
+const REDIS_PUBLISHER: Token = REDIS_TOKENS[Role::Publisher as usize];
 
 /// The one read buffer of the loop; connections keep only leftovers.
 const SCRATCH_BYTES: usize = 64 * 1024;

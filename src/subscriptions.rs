@@ -136,15 +136,8 @@ impl Subscriptions {
     }
 
     /// Calls `deliver` for every subscriber of `topic`; returns how many.
-    pub fn for_each_subscriber(&self, topic: &Topic, mut deliver: impl FnMut(ClientId)) -> usize {
-        let Some(&index) = self.by_name.get(topic) else {
-            return 0;
-        };
-        let subscribers = &self.topics[index as usize].subscribers;
-        for &client in subscribers {
-            deliver(client as ClientId);
-        }
-        subscribers.len()
+    pub fn for_each_subscriber(&self, topic: &Topic, deliver: impl FnMut(ClientId)) -> usize {
+        self.for_each_first_holder(topic.as_str(), std::iter::empty(), deliver)
     }
 
     /// The topics `sender`'s messages go to (those it may publish to), in

@@ -4,7 +4,6 @@
 use std::io;
 
 use mio::Registry;
-use mio::Token;
 use mio::event::Event;
 
 use crate::config::Config;
@@ -16,8 +15,6 @@ use crate::transport::Stream;
 pub(super) enum RedisSockets {}
 
 impl RedisSockets {
-    pub(super) const TOKENS: [Token; 2] = [Token(usize::MAX - 5), Token(usize::MAX - 6)];
-
     pub(super) fn for_config(config: &Config) -> io::Result<Option<RedisSockets>> {
         match config.redis {
             Some(_) => Err(io::Error::new(

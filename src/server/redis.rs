@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use log::{debug, info};
 use mio::event::Event;
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Interest, Registry};
 
 use crate::config::Config;
 use crate::connection::Millis;
@@ -50,8 +50,6 @@ struct Conn {
 }
 
 impl RedisSockets {
-    pub(super) const TOKENS: [Token; 2] = [Token(usize::MAX - 5), Token(usize::MAX - 6)];
-
     /// With `--redis`: Redis' addresses, looked up now, once (a lookup
     /// would block the loop): give an address, or a name that stays put.
     pub(super) fn for_config(config: &Config) -> io::Result<Option<RedisSockets>> {
@@ -170,7 +168,11 @@ impl RedisSockets {
         let addr = self.addrs[self.attempts % self.addrs.len()];
         self.attempts += 1;
         let opened = TcpStream::connect(addr).and_then(|mut stream| {
-            registry.register(&mut stream, Self::TOKENS[role as usize], Interest::READABLE | Interest::WRITABLE)?;
+            registry.register(
+                &mut stream,
+                super::REDIS_TOKENS[role as usize],
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             Ok(stream)
         });
         match opened {
