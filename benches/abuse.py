@@ -17,7 +17,6 @@ build) in the same run. Loopback only; every process it starts is stopped
 by PID; about 1 minute per binary.
 """
 import os
-import signal
 import socket
 import statistics
 import struct
@@ -25,6 +24,9 @@ import subprocess
 import sys
 import threading
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import free_port, stop, wait_listening  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -90,32 +92,14 @@ def rss(pid):
 
 
 def start(binary, extra=()):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     # 200 attackers from one address: above the default per-address cap
     # (a build from before that flag does not know it).
     per_ip = [] if binary in BASELINES else ["--max-connections-per-ip", "1000"]
     proc = subprocess.Popen(["taskset", "-c", "0", binary, "--listen", f"127.0.0.1:{port}", *per_ip, *extra],
                             stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit("wshub did not start")
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    wait_listening(proc, port, "wshub")
+    return proc, port
 
 
 def memory_pressure(binary):

@@ -20,8 +20,6 @@ N=1000 rows and idle memory. Loopback only; every process it starts is stopped b
 import json
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tokens  # noqa: E402
+from procs import free_port, stop, wait_listening  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
@@ -53,12 +52,6 @@ SERVERS = {
 }
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(server):
     port = free_port()
     cmd = SERVERS[server] + ["--listen", f"127.0.0.1:{port}"]
@@ -69,24 +62,8 @@ def start(server):
     # before those flags simply ignore).
     env = dict(os.environ, WSHUB_MAX_CONNECTIONS_PER_IP="20000", WSHUB_MAX_PENDING="20000")
     proc = subprocess.Popen(["taskset", "-c", cores] + cmd, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{server} did not start")
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    wait_listening(proc, port, server)
+    return proc, port
 
 
 def loadgen(server, args):

@@ -23,13 +23,13 @@ About 6 minutes (--quick: about 1.5).
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fanout import REL, ROOT, fmt_rate, free_port, median_of, stop  # noqa: E402
+from fanout import REL, ROOT, fmt_rate, median_of  # noqa: E402
+from procs import free_port, stop, wait_listening  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 REPEAT = 1 if QUICK else 5
@@ -39,24 +39,12 @@ WSHUB = [os.path.join(REL, "wshub"), "--log-level", "warn", "--max-connections",
 ENV = dict(os.environ, WSHUB_MAX_CONNECTIONS_PER_IP="20000", WSHUB_MAX_PENDING="20000")
 
 
-def wait_port(proc, port, what):
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{what} did not start")
-
-
 def start_redis():
     port = free_port()
     proc = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--loglevel", "warning"],
                             stdout=subprocess.DEVNULL)
-    wait_port(proc, port, "redis-server")
+    wait_listening(proc, port, "redis-server")
     return proc, port
 
 
@@ -66,7 +54,7 @@ def start_hub(core, redis_port=None):
     if redis_port:
         cmd += ["--redis", f"redis://127.0.0.1:{redis_port}"]
     proc = subprocess.Popen(["taskset", "-c", core] + cmd, stderr=subprocess.DEVNULL, env=ENV)
-    wait_port(proc, port, "wshub")
+    wait_listening(proc, port, "wshub")
     return proc, port
 
 

@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import free_port, wait_listening  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WSHUB = os.path.join(ROOT, "target", "release", "wshub")
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
@@ -35,23 +38,13 @@ def rss_kib(pid):
 
 
 def run(extra, tls):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, WSHUB_MAX_CONNECTIONS_PER_IP="20000", WSHUB_MAX_PENDING="20000")
     server = subprocess.Popen(["taskset", "-c", "0", WSHUB, "--listen", f"127.0.0.1:{port}", "--log-level", "warn",
                                "--max-connections", "20000"] + extra, env=env, stderr=subprocess.DEVNULL)
     clients = []
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit("wshub did not start")
-                time.sleep(0.05)
+        wait_listening(server, port, "wshub")
         time.sleep(0.5)
         before = rss_kib(server.pid)
         context = None

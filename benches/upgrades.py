@@ -27,6 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tokens  # noqa: E402
+from procs import free_port, wait_listening  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WSHUB = os.path.join(ROOT, "target", "release", "wshub")
@@ -34,12 +35,6 @@ QUICK = "--quick" in sys.argv
 REPEAT = 1 if QUICK else 3
 DURATION = 2.0 if QUICK else 4.0
 CLIENTS = 2
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid):
@@ -83,15 +78,7 @@ def run(args, path, tls=False):
     server = subprocess.Popen(["taskset", "-c", "0", WSHUB, "--listen", f"127.0.0.1:{port}", "--log-level", "warn"]
                               + args, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit("wshub did not start")
-                time.sleep(0.05)
+        wait_listening(server, port, "wshub")
         counter = multiprocessing.Value("q", 0)
         cpu_before, wall_before = cpu_seconds(server.pid), time.time()
         until = wall_before + DURATION
