@@ -7,23 +7,44 @@
 #   cargo build --release -p wshub -p loadgen
 #   bash benches/callgrind.sh target/release/wshub [extra wshub flags]
 #   bash benches/callgrind.sh /path/to/older/wshub
+#   bash benches/callgrind.sh --across-redis target/release/wshub
 #
-# Prints the program's total instructions. Loopback only; stops the hub it
-# started by PID.
+# --across-redis: a redis-server and a second hub (A) are started; the
+# publisher connects to A, the other 999 clients to the measured hub, and
+# both hubs share topics through Redis. Prints the program's total
+# instructions. Loopback only; stops what it started by PID.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ACROSS=
+if [ "${1:-}" = "--across-redis" ]; then ACROSS=1; shift; fi
 BIN=$1; shift
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.2; done; }
+PORT=$(free_port)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
+LOADGEN_EXTRA=()
+if [ -n "$ACROSS" ]; then
+  REDIS_PORT=$(free_port)
+  A_PORT=$(free_port)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --loglevel warning >/dev/null &
+  PIDS+=($!)
+  wait_port "$REDIS_PORT"
+  "$BIN" --listen "127.0.0.1:$A_PORT" --log-level warn --redis "redis://127.0.0.1:$REDIS_PORT" &
+  PIDS+=($!)
+  wait_port "$A_PORT"
+  set -- "$@" --redis "redis://127.0.0.1:$REDIS_PORT"
+  LOADGEN_EXTRA=(--publish-addr "127.0.0.1:$A_PORT")
+fi
 OUT=$(mktemp /tmp/wshub-callgrind.XXXXXX)
 WSHUB_MAX_CONNECTIONS_PER_IP=20000 WSHUB_MAX_PENDING=20000 valgrind --tool=callgrind --callgrind-out-file="$OUT" \
   "$BIN" --listen "127.0.0.1:$PORT" --log-level warn "$@" 2>/dev/null &
 HUB=$!
-trap 'kill "$HUB" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
+PIDS+=("$HUB")
+wait_port "$PORT"
 "$ROOT/target/release/loadgen" --addr "127.0.0.1:$PORT" --pid "$HUB" --clients 1000 --size 64 --mode rate \
-  --rate 20 --warmup 1 --duration 5 >/dev/null
+  --rate 20 --warmup 1 --duration 5 "${LOADGEN_EXTRA[@]}" >/dev/null
 kill -TERM "$HUB"
 wait "$HUB" || true
-trap - EXIT
 callgrind_annotate "$OUT" 2>/dev/null | grep -m1 "PROGRAM TOTALS"
 echo "profile: $OUT"
