@@ -338,6 +338,12 @@ pub fn wshub_argv() -> Vec<String> {
     argv
 }
 
+/// Whether the binary runs under an emulator (`WSHUB_TEST_RUNNER`): its
+/// process figures (RSS, CPU) are then the emulator's, not the hub's.
+pub fn emulated() -> bool {
+    std::env::var("WSHUB_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty())
+}
+
 /// A `Command` that runs the wshub binary (through the emulator, if any).
 pub fn wshub_command() -> Command {
     let argv = wshub_argv();
@@ -391,6 +397,24 @@ impl Binary {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap();
         kib * 1024
+    }
+
+    /// One sample of `/metrics` (served to loopback when no credentials
+    /// are configured): the value of the first series named `name`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let response = http(self.addr, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        assert_eq!(status_of(&response), 200, "{response}");
+        response
+            .lines()
+            .find_map(|line| {
+                let rest = line.strip_prefix(name)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labels) => labels.split_once('}')?.1,
+                    None => rest,
+                };
+                value.strip_prefix(' ')?.trim().parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
     }
 
     /// Reads log lines until one contains `needle`.
