@@ -67,6 +67,8 @@ impl Source {
 }
 
 impl Admission {
+    /// An admission with no keys and no one counted (a `static` for tests).
+    #[cfg(any(test, feature = "testing"))]
     pub const fn new() -> Admission {
         Admission { ws_clients: 0, pending: 0, per_source: None, verifier: None, unix_now: 0 }
     }
@@ -132,10 +134,6 @@ impl Admission {
                 }
             }
         }
-    }
-
-    pub fn pending(&self) -> usize {
-        self.pending
     }
 
     /// May this upgrade become a WebSocket client, and what may it do? A
@@ -254,10 +252,6 @@ impl Admission {
     /// An upgraded client left.
     pub(crate) fn left(&mut self) {
         self.ws_clients = self.ws_clients.saturating_sub(1);
-    }
-
-    pub fn ws_clients(&self) -> usize {
-        self.ws_clients
     }
 }
 

@@ -221,11 +221,6 @@ impl Connection {
         matches!(self.phase, Phase::Closing { .. })
     }
 
-    /// Still in its HTTP request (or being answered), not yet a client.
-    pub fn is_pending(&self) -> bool {
-        matches!(self.phase, Phase::Request { .. } | Phase::PublishBody { .. } | Phase::Publishing)
-    }
-
     /// Processes received bytes until an action is due or the input is used
     /// up. The caller loops while `consumed < input.len()`.
     pub fn receive(&mut self, input: &mut [u8], ctx: &Context) -> (usize, Action) {

@@ -480,7 +480,8 @@ pub fn encode_pong(payload: &[u8]) -> SharedFrame {
 
 /// A frame as a client sends it: `first` is the first header byte (FIN,
 /// RSV bits, opcode, taken as given so tests can send any of them), the
-/// payload masked with `mask`. For tests, benchmarks and Rust clients.
+/// payload masked with `mask`. For tests, benchmarks and fuzzing.
+#[cfg(any(test, feature = "testing"))]
 pub fn encode_client(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let len = payload.len() as u64;
     let mut out = Vec::with_capacity(MAX_HEADER + payload.len());

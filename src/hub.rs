@@ -29,11 +29,13 @@ use crate::http;
 use crate::metrics::{self, Extras};
 use crate::process::ProcessMetrics;
 use crate::reason::LogLimiter;
-use crate::redis::{Bridge, Incoming, Role};
+use crate::redis::Bridge;
+#[cfg(feature = "redis")]
+use crate::redis::{Incoming, Role};
 use crate::stats::Stats;
 use crate::subscriptions::Subscriptions;
 use crate::topic::Topic;
-use crate::transport::Transport;
+use crate::transport::{TlsFailure, Transport};
 
 /// The id of a client: its slab key, and the driver's `mio::Token`.
 pub type ClientId = usize;
@@ -119,12 +121,14 @@ impl<T: Transport> Hub<T> {
     }
 
     /// The Redis bridge, for the driver to move its bytes.
+    #[cfg(feature = "redis")]
     pub fn bridge(&mut self) -> Option<&mut Bridge> {
         self.bridge.as_mut()
     }
 
     /// Bytes read from a Redis link: messages from other hubs are delivered
     /// to the clients here.
+    #[cfg(feature = "redis")]
     pub fn redis_received(&mut self, role: Role, bytes: &[u8], now: Millis) {
         // Out of the hub while it delivers, and back before any client is
         // removed (a removal may unsubscribe a channel).
@@ -138,6 +142,7 @@ impl<T: Transport> Hub<T> {
     /// Queues a message heard from Redis to the clients that get it through
     /// its channel: for a hub's message sent to several topics, those for
     /// whom this channel's topic is the first of them they hold.
+    #[cfg(feature = "redis")]
     fn deliver_heard(&mut self, incoming: Incoming<'_>, now: Millis) {
         let frame = frame::encode_message(incoming.kind, incoming.payload);
         let topic = incoming.topic;
@@ -248,8 +253,8 @@ impl<T: Transport> Hub<T> {
         self.clients.is_empty()
     }
 
-    /// The transport pushed back and waits to be writable: the one case in
-    /// which the client needs writable events.
+    /// The transport pushed back and waits to be writable.
+    #[cfg(test)]
     pub fn is_blocked(&self, id: ClientId) -> bool {
         self.clients.get(id).is_some_and(|c| c.blocked)
     }
@@ -367,10 +372,11 @@ impl<T: Transport> Hub<T> {
     }
 
     /// Reading or writing the connection failed.
-    pub fn lost(&mut self, id: ClientId, kind: io::ErrorKind, now: Millis) {
-        // Sockets do not return InvalidData; the TLS layer does, for every
-        // handshake or record failure.
-        let reason = if kind == io::ErrorKind::InvalidData { Reason::TlsFailed } else { Reason::ConnectionLost(kind) };
+    pub fn lost(&mut self, id: ClientId, error: &io::Error, now: Millis) {
+        let reason = match TlsFailure::of(error) {
+            Some(failure) => Reason::TlsFailed(failure.0),
+            None => Reason::ConnectionLost(error.kind()),
+        };
         self.remove(id, reason, now);
     }
 
@@ -736,13 +742,16 @@ fn write_client<T: Transport>(
     if client.conn.wants_shutdown() && !client.blocked {
         client.transport.shutdown_write()?;
         client.conn.shutdown_done(now);
+        // A TLS close_notify the socket had no room for goes out (and the
+        // TCP half-close after it) when the socket is writable again.
+        client.blocked = client.transport.has_pending_output();
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::time::Duration;
 
     use super::*;
@@ -991,8 +1000,8 @@ mod tests {
         assert_eq!(close_code(&frames(&t.take_sent())[0]), 1002);
         assert_eq!(hub.stats().topics, 0, "unsubscribed as soon as it ends");
         assert_eq!(hub.stats().open, 0);
-        hub.lost(id, io::ErrorKind::ConnectionReset, 0);
-        hub.lost(id, io::ErrorKind::ConnectionReset, 0);
+        hub.lost(id, &io::ErrorKind::ConnectionReset.into(), 0);
+        hub.lost(id, &io::ErrorKind::ConnectionReset.into(), 0);
         let stats = hub.stats();
         assert_eq!(stats.exited(Exit::ProtocolError), 1);
         assert_eq!(stats.exited(Exit::ConnectionLost), 0);
@@ -1003,12 +1012,6 @@ mod tests {
 
     /// A transport that accepts nothing and says so with `Ok(0)`.
     struct Refusing(usize);
-
-    impl Read for Refusing {
-        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-    }
 
     impl Write for Refusing {
         fn write(&mut self, _: &[u8]) -> io::Result<usize> {
@@ -1021,6 +1024,9 @@ mod tests {
     }
 
     impl Transport for Refusing {
+        fn receive(&mut self, _: &mut [u8]) -> io::Result<crate::transport::Input> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
         fn shutdown_write(&mut self) -> io::Result<()> {
             Ok(())
         }

@@ -17,6 +17,8 @@ mod admission;
 mod auth;
 mod config;
 mod connection;
+#[cfg(any(feature = "tls", feature = "jwt"))]
+mod der;
 mod frame;
 mod http;
 mod hub;
@@ -48,8 +50,10 @@ pub use server::Server;
 pub use stats::Stats;
 pub use topic::{Topic, TopicError};
 
-/// Internals for this crate's integration tests and benchmarks: the sans-IO
-/// core and the helpers that drive it. Not a stable API.
+/// Internals for this crate's integration tests, benchmarks and fuzz
+/// targets: the sans-IO core and the helpers that drive it (the `testing`
+/// feature). Not a stable API.
+#[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod testing {
     pub use crate::admission::Admission;
@@ -62,11 +66,15 @@ pub mod testing {
     };
     pub use crate::hub::{ClientId, Hub};
     pub use crate::memory_transport::MemoryTransport;
+    #[cfg(feature = "redis")]
     pub use crate::redis::{Bridge, Incoming, Role};
     pub use crate::send_queue::CORK_BYTES;
-    pub use crate::transport::Transport;
+    #[cfg(feature = "tls")]
+    pub use crate::tls::{TlsSession, test_peer};
+    pub use crate::transport::{Input, TlsFailure, Transport};
 }
 
+#[cfg(any(test, feature = "testing"))]
 mod memory_transport;
 
 /// Compiles the README's Rust example as a doc test, so it stays true.

@@ -4,10 +4,10 @@
 //! one pipe, so a test keeps a handle after giving the transport to the hub.
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
 
-use crate::transport::Transport;
+use crate::transport::{Input, Transport};
 
 #[derive(Debug, Default)]
 struct Pipe {
@@ -67,13 +67,6 @@ impl MemoryTransport {
     }
 }
 
-impl Read for MemoryTransport {
-    /// Tests hand bytes to the hub directly; there is never anything to read.
-    fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-}
-
 impl Write for MemoryTransport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.write_vectored(&[IoSlice::new(buf)])
@@ -108,6 +101,11 @@ impl Write for MemoryTransport {
 }
 
 impl Transport for MemoryTransport {
+    /// Tests hand bytes to the hub directly; there is never anything to read.
+    fn receive(&mut self, _buf: &mut [u8]) -> io::Result<Input> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.pipe.borrow_mut().write_shut = true;
         Ok(())

@@ -37,8 +37,9 @@ pub enum Reason {
     /// `--max-pending`, or out of file descriptors; closed at once.
     Refused(&'static str),
     /// TLS failed: a handshake error (bad or missing client certificate, no
-    /// shared protocol), plaintext on the TLS port, a corrupt record.
-    TlsFailed,
+    /// shared protocol), plaintext on the TLS port, a corrupt record; the
+    /// label says which.
+    TlsFailed(&'static str),
 }
 
 /// The counter a reason lands in: a small, fixed set of labels (the metrics
@@ -118,7 +119,7 @@ impl Reason {
             | Reason::HandshakeTimeout
             | Reason::IdleTimeout
             | Reason::Refused(_)
-            | Reason::TlsFailed => log::Level::Info,
+            | Reason::TlsFailed(_) => log::Level::Info,
             Reason::ClientClosed(_)
             | Reason::HttpDone
             | Reason::LingerTimeout
@@ -165,7 +166,7 @@ impl Reason {
             Reason::ConnectionLost(_) => Exit::ConnectionLost,
             Reason::OverBudget => Exit::OverBudget,
             Reason::Refused(_) => Exit::Refused,
-            Reason::TlsFailed => Exit::TlsError,
+            Reason::TlsFailed(_) => Exit::TlsError,
         }
     }
 }
@@ -190,9 +191,7 @@ impl fmt::Display for Reason {
                 f.write_str("dropping with 1013: the hub is over --max-buffered-bytes and this client holds the most")
             }
             Reason::Refused(why) => write!(f, "refused: {why}"),
-            Reason::TlsFailed => {
-                f.write_str("TLS failed (handshake, client certificate or record; debug level says which)")
-            }
+            Reason::TlsFailed(why) => write!(f, "TLS failed: {why}"),
         }
     }
 }

@@ -13,7 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,7 +29,7 @@ use crate::frame::{self, MessageKind};
 use crate::hub::{ClientId, Hub};
 use crate::publisher::{Message, Publisher, Shared};
 use crate::redis::Role;
-use crate::transport::Stream;
+use crate::transport::{Input, Stream, Transport};
 
 #[cfg(not(feature = "redis"))]
 mod no_redis;
@@ -387,10 +387,11 @@ impl EventLoop {
     }
 
     /// Reads one client's share of this turn: one read of up to the scratch
-    /// buffer. A full read may have left more: the client is listed to read
-    /// again after everyone else had their turn, so a flooding client gets a
-    /// bounded share of each turn however it frames its data. `to_eof`: the
-    /// peer also closed, so read on until its EOF.
+    /// buffer (for TLS, one socket read of ciphertext). If it left more, the
+    /// client is listed to read again after everyone else had their turn,
+    /// so a flooding client gets a bounded share of each turn however it
+    /// frames its data (or its TLS records). `to_eof`: the peer also
+    /// closed, so read on until its EOF.
     fn read_client(&mut self, id: ClientId, to_eof: bool) {
         if self.throttled(id) {
             return;
@@ -399,21 +400,25 @@ impl EventLoop {
             let Some(transport) = self.hub.transport(id) else {
                 return;
             };
-            match transport.read(&mut self.scratch) {
-                Ok(0) => {
+            match transport.receive(&mut self.scratch) {
+                Ok(Input::Eof) => {
                     self.hub.peer_closed(id, self.now);
                     return;
                 }
-                Ok(n) => {
-                    self.hub.receive(id, &mut self.scratch[..n], self.now);
+                Ok(Input::Bytes { len, more }) => {
+                    if len > 0 {
+                        self.hub.receive(id, &mut self.scratch[..len], self.now);
+                    } else {
+                        self.hub.transport_read(id, self.now);
+                    }
                     if self.throttled(id) {
                         return;
                     }
-                    if n == SCRATCH_BYTES {
+                    if more {
                         break;
                     }
                     if !to_eof {
-                        // A short read: the socket is drained.
+                        // The socket is drained.
                         return;
                     }
                 }
@@ -425,7 +430,7 @@ impl EventLoop {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.hub.lost(id, e.kind(), self.now);
+                    self.hub.lost(id, &e, self.now);
                     return;
                 }
             }

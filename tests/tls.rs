@@ -325,3 +325,131 @@ fn a_partial_tls_record_counts_in_the_memory_budget() {
     client.sock.write_all(&[0u8; 8 * 1024]).unwrap();
     wait_until("the hub counts what it holds", || hub.publisher.stats().held_bytes >= before + 8 * 1024);
 }
+
+// The audit's pre-authentication crash: half of a post-handshake message
+// (rustls keeps it, joined in place, and needs it back on every call) and
+// then anything the hub writes. Each variant must leave the hub serving.
+
+use wshub::testing::test_peer::{self, APPLICATION_DATA, HANDSHAKE, RecordPeer};
+
+/// The hub binary on TLS with the test certificate (a crash shows as the
+/// process gone, whatever its panic setting).
+fn tls_binary(extra: &[&str]) -> (Binary, Cert) {
+    let cert = test_cert();
+    let (cert_path, key_path) = (cert.config.tls_cert.clone().unwrap(), cert.config.tls_key.clone().unwrap());
+    let mut args = vec!["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.into_iter().map(str::to_string).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (Binary::start(&args), cert)
+}
+
+/// [`test_peer::TEST_CERT_PEM`] as the hub's files, and trusted by `wss`.
+fn test_cert() -> Cert {
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("wshub-tls-peer-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, test_peer::TEST_CERT_PEM).unwrap();
+    std::fs::write(&key_path, test_peer::TEST_KEY_PEM).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(test_peer::TEST_CERT_PEM.as_bytes()).unwrap();
+    let config = Config { tls_cert: Some(cert_path), tls_key: Some(key_path), ..Config::default() };
+    Cert { der, config, cert_pem: test_peer::TEST_CERT_PEM.into(), key_pem: test_peer::TEST_KEY_PEM.into() }
+}
+
+/// A record peer connected to `addr`, its handshake done.
+fn record_peer(addr: SocketAddr) -> (TcpStream, RecordPeer) {
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let peer = RecordPeer::connect(&mut tcp).expect("TLS handshake");
+    (tcp, peer)
+}
+
+/// Half of a KeyUpdate's header: two of its four bytes.
+const HALF_A_MESSAGE: &[u8] = &[24, 0];
+
+/// Application data from the hub until `needle` is in it.
+fn read_until(tcp: &mut TcpStream, peer: &mut RecordPeer, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let data = peer.read_application_data(tcp).unwrap_or_else(|| panic!("connection ended: {got:?}"));
+        got.extend(data);
+    }
+    got
+}
+
+#[test]
+fn half_a_handshake_message_then_the_answer_to_a_request_keeps_the_hub_up() {
+    let (bin, cert) = tls_binary(&[]);
+    for request in ["GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"] {
+        let (mut tcp, mut peer) = record_peer(bin.addr);
+        let mut flight = peer.seal(APPLICATION_DATA, request.as_bytes());
+        flight.extend(peer.seal(HANDSHAKE, HALF_A_MESSAGE));
+        tcp.write_all(&flight).unwrap();
+        let answer = read_until(&mut tcp, &mut peer, b"\r\n\r\n");
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&answer));
+    }
+    // Still serving.
+    let mut ws = wss_at(bin.addr, &cert, "/ws");
+    ws.send(Message::text("after")).unwrap();
+    assert_eq!(next_text(&mut ws), "after");
+}
+
+#[test]
+fn half_a_handshake_message_then_a_broadcast_and_a_shutdown_keep_the_hub_whole() {
+    let (mut bin, cert) = tls_binary(&[]);
+    let (mut tcp, mut peer) = record_peer(bin.addr);
+    tcp.write_all(&peer.seal(APPLICATION_DATA, upgrade_request("/ws?topic=t").as_bytes())).unwrap();
+    read_until(&mut tcp, &mut peer, b"\r\n\r\n");
+    tcp.write_all(&peer.seal(HANDSHAKE, HALF_A_MESSAGE)).unwrap();
+    // A broadcast to the upgraded client: the hub encrypts with the half
+    // message kept.
+    let mut sender = wss_at(bin.addr, &cert, "/ws?topic=t");
+    sender.send(Message::text("to everyone")).unwrap();
+    assert_eq!(next_text(&mut sender), "to everyone");
+    read_until(&mut tcp, &mut peer, b"to everyone");
+    // The shutdown: a close frame (encrypted), then close_notify.
+    bin.signal("TERM");
+    let close = read_until(&mut tcp, &mut peer, &1001u16.to_be_bytes());
+    assert_eq!(close[0], 0x88, "a close frame: {close:?}");
+    assert_eq!(peer.read_application_data(&mut tcp), None, "nothing after the close frame");
+    assert_eq!(peer.alerts, [vec![1, 0]], "close_notify after the close frame");
+    assert_eq!(bin.wait_exit().code(), Some(0), "exited cleanly");
+}
+
+#[test]
+fn a_flood_of_tiny_records_is_cut_off_without_starving_others() {
+    let (mut bin, cert) = tls_binary(&["--no-echo"]);
+    let (mut tcp, mut peer) = record_peer(bin.addr);
+    tcp.write_all(&peer.seal(APPLICATION_DATA, upgrade_request("/ws?topic=flood").as_bytes())).unwrap();
+    read_until(&mut tcp, &mut peer, b"\r\n\r\n");
+    // A continuation-free text frame sent one byte per record: 23 bytes of
+    // TLS (an AEAD open each) per byte of data.
+    let frame = masked_frame(0x81, &[b'x'; 60_000]);
+    let flood: Vec<u8> = frame.iter().flat_map(|b| peer.seal(APPLICATION_DATA, std::slice::from_ref(b))).collect();
+    let flooder = std::thread::spawn(move || {
+        // Until the hub cuts it off (true), or for as long as a test waits.
+        tcp.set_write_timeout(Some(PATIENCE)).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            if tcp.write_all(&flood).is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let mut a = wss_at(bin.addr, &cert, "/ws?topic=quiet");
+    let mut b = wss_at(bin.addr, &cert, "/ws?topic=quiet");
+    let mut worst = Duration::ZERO;
+    for i in 0..20 {
+        let sent = Instant::now();
+        a.send(Message::text(format!("q{i}"))).unwrap();
+        assert_eq!(next_text(&mut b), format!("q{i}"));
+        worst = worst.max(sent.elapsed());
+    }
+    assert!(flooder.join().unwrap(), "the flooder was never cut off");
+    let line = bin.wait_for_log("TLS failed");
+    assert!(line.contains("records almost empty"), "{line}");
+    assert!(worst < Duration::from_secs(2), "a quiet round trip took {worst:?}");
+}

@@ -17,6 +17,7 @@ use ring::{hmac, signature};
 use super::json::{self, Value};
 use super::{Claims, Grant, Refusal, base64};
 use crate::config::Config;
+use crate::der::Der;
 
 /// Longest token accepted (the request head is bounded anyway).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -81,6 +82,7 @@ impl Verifier {
     }
 
     /// A verifier for HS256 tokens with `secret` (for fuzzing and tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn from_secret(secret: &[u8]) -> Verifier {
         Verifier {
             hmac: Some(hmac::Key::new(hmac::HMAC_SHA256, secret)),
@@ -256,17 +258,18 @@ fn parse_spki(der: &[u8]) -> Result<PublicKey, &'static str> {
     const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]; // 1.2.840.10045.3.1.7
     const ED25519: &[u8] = &[0x2b, 0x65, 0x70]; // 1.3.101.112
     const UNSUPPORTED: &str = "not a P-256 or Ed25519 public key";
+    const BAD: &str = "malformed DER";
     let mut outer = Der(der);
-    let mut spki = Der(outer.take(0x30)?);
-    if !outer.0.is_empty() {
+    let mut spki = Der(outer.take(0x30).ok_or(BAD)?);
+    if !outer.is_empty() {
         return Err("trailing bytes after the key");
     }
-    let mut algorithm = Der(spki.take(0x30)?);
-    let bits = spki.take(0x03)?;
-    let oid = algorithm.take(0x06)?;
-    let kind = if oid == ED25519 && algorithm.0.is_empty() {
+    let mut algorithm = Der(spki.take(0x30).ok_or(BAD)?);
+    let bits = spki.take(0x03).ok_or(BAD)?;
+    let oid = algorithm.take(0x06).ok_or(BAD)?;
+    let kind = if oid == ED25519 && algorithm.is_empty() {
         KeyKind::Ed25519
-    } else if oid == ID_EC_PUBLIC_KEY && algorithm.take(0x06)? == P256 {
+    } else if oid == ID_EC_PUBLIC_KEY && algorithm.take(0x06).ok_or(BAD)? == P256 {
         KeyKind::P256
     } else {
         return Err(UNSUPPORTED);
@@ -283,40 +286,6 @@ fn parse_spki(der: &[u8]) -> Result<PublicKey, &'static str> {
         return Err("the key has the wrong length or form (want an uncompressed P-256 point or 32 Ed25519 bytes)");
     }
     Ok(PublicKey { kind, bytes: key.to_vec() })
-}
-
-/// A cursor over DER: definite lengths only, as DER requires.
-struct Der<'a>(&'a [u8]);
-
-impl<'a> Der<'a> {
-    /// The contents of the next element, which must have tag `tag`.
-    fn take(&mut self, tag: u8) -> Result<&'a [u8], &'static str> {
-        const BAD: &str = "malformed DER";
-        let [found, first, rest @ ..] = self.0 else {
-            return Err(BAD);
-        };
-        if *found != tag {
-            return Err(BAD);
-        }
-        let (len, rest) = match *first {
-            n if n < 0x80 => (n as usize, rest),
-            0x81 => match rest {
-                [n, rest @ ..] => (*n as usize, rest),
-                _ => return Err(BAD),
-            },
-            0x82 => match rest {
-                [hi, lo, rest @ ..] => ((*hi as usize) << 8 | *lo as usize, rest),
-                _ => return Err(BAD),
-            },
-            _ => return Err(BAD),
-        };
-        if rest.len() < len {
-            return Err(BAD);
-        }
-        let (contents, after) = rest.split_at(len);
-        self.0 = after;
-        Ok(contents)
-    }
 }
 
 #[cfg(test)]

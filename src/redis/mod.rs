@@ -27,6 +27,7 @@ pub use bridge::Bridge;
 pub use off::Bridge;
 pub use url::RedisUrl;
 
+#[cfg(feature = "redis")]
 use crate::frame::MessageKind;
 
 /// The two connections.
@@ -99,6 +100,7 @@ pub struct RedisStats {
 }
 
 /// A message from Redis for local delivery.
+#[cfg(feature = "redis")]
 pub struct Incoming<'a> {
     /// The channel's topic.
     pub topic: &'a str,

@@ -1,7 +1,7 @@
 //! Built without the `redis` feature: a bridge that cannot exist, so the
 //! hub's Redis paths compile away.
 
-use super::{Incoming, RedisStats, Role};
+use super::RedisStats;
 use crate::connection::Millis;
 use crate::frame::MessageKind;
 use crate::topic::Topic;
@@ -21,10 +21,6 @@ impl Bridge {
     where
         I: Iterator<Item = &'t Topic> + Clone,
     {
-        match *self {}
-    }
-
-    pub fn received(&mut self, _: Role, _: &[u8], _: Millis, _: &mut dyn FnMut(Incoming<'_>)) {
         match *self {}
     }
 
