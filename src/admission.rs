@@ -14,6 +14,25 @@ use std::net::{IpAddr, SocketAddr};
 use crate::auth::{Claims, Grant, Verifier};
 use crate::config::Config;
 use crate::http::{Credentials, PublishHead, Rejection, Request, Upgrade};
+use crate::origin::known_host;
+
+/// Where a request came in: the peer's address (from `accept`), and
+/// whether its listener speaks TLS (an `https` page is same-origin only
+/// with a TLS listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+/// Loopback, in either family: `::ffff:127.0.0.1` (an IPv4 client of a
+/// dual-stack listener) is loopback too.
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
 
 /// The hub-wide state admission decisions depend on.
 #[derive(Debug, Default)]
@@ -136,18 +155,34 @@ impl Admission {
         }
     }
 
-    /// May this upgrade become a WebSocket client, and what may it do? A
-    /// browser page must be allowed by the `Origin` policy (403); with JWT
-    /// keys, a valid token is needed (401) whose `subscribe` grant covers
-    /// every topic asked for (403) and whose `publish` grant says where the
-    /// client's messages go; then capacity (503).
-    pub fn upgrade(&self, config: &Config, upgrade: &Upgrade, _peer: SocketAddr) -> Result<Admitted, Rejection> {
-        let credentials = &upgrade.credentials;
+    /// A request from a browser page must pass the `Origin` policy; under
+    /// the default (same-origin) policy it must also name the hub by a name
+    /// the hub knows itself by, or a rebound DNS name would make any page
+    /// same-origin with the hub (403 either way).
+    fn browser_rules(config: &Config, credentials: &Credentials, tls: bool) -> Result<(), Rejection> {
+        if !credentials.browser {
+            return Ok(());
+        }
+        let policy = &config.allowed_origins;
+        if policy.is_same_origin() && !known_host(&credentials.host, &config.allowed_hosts) {
+            return Err(Rejection::new(403, "Host is not a name of this hub (DNS rebinding?); see --allowed-hosts"));
+        }
         if let Some(origin) = &credentials.origin
-            && !config.allowed_origins.allows(origin, &credentials.host)
+            && !policy.allows(origin, &credentials.host, tls)
         {
             return Err(Rejection::new(403, "Origin not allowed"));
         }
+        Ok(())
+    }
+
+    /// May this upgrade become a WebSocket client, and what may it do? A
+    /// browser page must pass the browser rules (403); with JWT keys, a
+    /// valid token is needed (401) whose `subscribe` grant covers every
+    /// topic asked for (403) and whose `publish` grant says where the
+    /// client's messages go; then capacity (503).
+    pub fn upgrade(&self, config: &Config, upgrade: &Upgrade, peer: Peer) -> Result<Admitted, Rejection> {
+        let credentials = &upgrade.credentials;
+        Admission::browser_rules(config, credentials, peer.tls)?;
         let all_topics = (1u32 << upgrade.topics.len()).wrapping_sub(1) as u16;
         let mut admitted = Admitted { publish_mask: all_topics, expires_in: None, sub: None };
         if let Some(claims) = self.claims(credentials) {
@@ -173,13 +208,12 @@ impl Admission {
         Ok(admitted)
     }
 
-    /// May this request publish? A browser page must be allowed by the
-    /// `Origin` policy whatever its credentials (403: no cross-site
-    /// publishing). With `--publish-token` or JWT keys, only with that bearer
-    /// token or a token whose `publish` grant covers the topic (401
-    /// otherwise); with neither, only loopback peers, and not from a browser
-    /// (a page can POST to localhost): 403.
-    pub fn publish(&self, config: &Config, head: &PublishHead, peer: SocketAddr) -> Result<(), Rejection> {
+    /// May this request publish? A browser page must pass the browser rules
+    /// whatever its credentials (403: no cross-site publishing). With
+    /// `--publish-token` or JWT keys, only with that bearer token or a token
+    /// whose `publish` grant covers the topic (401 otherwise); with neither,
+    /// only the loopback rule (403).
+    pub fn publish(&self, config: &Config, head: &PublishHead, peer: Peer) -> Result<(), Rejection> {
         // A bad topic name is answered 400 after admission.
         let covers = |grant: &Grant| head.topic.as_ref().map_or(true, |t| grant.covers(t.as_str()));
         self.admin_route(config, &head.credentials, peer, covers)
@@ -187,26 +221,24 @@ impl Admission {
 
     /// May this request read `/metrics`? The rule of `/publish`, where a
     /// token's grant must be `*` (it may publish anywhere).
-    pub fn metrics(&self, config: &Config, credentials: &Credentials, peer: SocketAddr) -> Result<(), Rejection> {
+    pub fn metrics(&self, config: &Config, credentials: &Credentials, peer: Peer) -> Result<(), Rejection> {
         self.admin_route(config, credentials, peer, Grant::covers_all)
     }
 
-    /// The access rule of the admin routes: Origin policy, then the
+    /// The access rule of the admin routes: the browser rules, then the
     /// configured credentials (a JWT's publish grant judged by `granted`),
-    /// else loopback without `Origin`.
+    /// else the loopback rule: a loopback peer, not a browser page (a page
+    /// can POST to localhost), not through a proxy (behind a proxy on the
+    /// same host every client is loopback), and asking by a name the hub
+    /// knows itself by (a rebound name is a page's).
     fn admin_route(
         &self,
         config: &Config,
         credentials: &Credentials,
-        peer: SocketAddr,
+        peer: Peer,
         granted: impl Fn(&Grant) -> bool,
     ) -> Result<(), Rejection> {
-        let origin = credentials.origin.as_deref();
-        if let Some(origin) = origin
-            && !config.allowed_origins.allows(origin, &credentials.host)
-        {
-            return Err(Rejection::new(403, "Origin not allowed"));
-        }
+        Admission::browser_rules(config, credentials, peer.tls)?;
         if let Some(token) = &config.publish_token {
             let presented = credentials.bearer.as_deref().unwrap_or("");
             if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
@@ -220,11 +252,21 @@ impl Admission {
                 Err(Rejection::new(401, "needs the right bearer token"))
             }
             Some(Err(rejection)) => Err(rejection),
-            None if origin.is_some() => {
+            None if credentials.browser => {
                 Err(Rejection::new(403, "without credentials configured a browser page may not"))
             }
-            None if peer.ip().is_loopback() => Ok(()),
-            None => Err(Rejection::new(403, "without credentials configured only loopback peers may")),
+            None if credentials.proxied => Err(Rejection::new(
+                403,
+                "a request through a proxy is not loopback (use --admin-listen or a token behind a proxy)",
+            )),
+            None if !is_loopback(peer.addr.ip()) => {
+                Err(Rejection::new(403, "without credentials configured only loopback peers may"))
+            }
+            None if !known_host(&credentials.host, &config.allowed_hosts) => Err(Rejection::new(
+                403,
+                "without credentials configured, Host must be localhost, an IP or one of --allowed-hosts",
+            )),
+            None => Ok(()),
         }
     }
 
@@ -279,10 +321,18 @@ mod tests {
         PublishHead {
             topic: Topic::new("t"),
             content_length: 1,
-            credentials: Credentials { bearer: bearer.map(str::to_string), ..Credentials::default() },
+            credentials: Credentials {
+                host: "localhost:8080".into(),
+                bearer: bearer.map(str::to_string),
+                ..Credentials::default()
+            },
             octet_stream: false,
             expect_continue: false,
         }
+    }
+
+    fn peer(addr: &str) -> Peer {
+        Peer { addr: addr.parse().unwrap(), tls: false }
     }
 
     const LOCAL: &str = "127.0.0.1:1000";
@@ -293,52 +343,91 @@ mod tests {
         let config = Config { max_connections: 1, ..Config::default() };
         let up = Upgrade { accept_key: String::new(), topics: Vec::new(), credentials: Credentials::default() };
         let mut admission = Admission::default();
-        assert!(admission.upgrade(&config, &up, LOCAL.parse().unwrap()).is_ok());
+        assert!(admission.upgrade(&config, &up, peer(LOCAL)).is_ok());
         admission.joined();
-        assert_eq!(admission.upgrade(&config, &up, LOCAL.parse().unwrap()).unwrap_err().status, 503);
+        assert_eq!(admission.upgrade(&config, &up, peer(LOCAL)).unwrap_err().status, 503);
         admission.left();
-        assert!(admission.upgrade(&config, &up, LOCAL.parse().unwrap()).is_ok());
+        assert!(admission.upgrade(&config, &up, peer(LOCAL)).is_ok());
     }
 
     #[test]
     fn publish_needs_the_token_or_loopback() {
         let admission = Admission::default();
         let open = Config::default();
-        assert_eq!(admission.publish(&open, &head(None), LOCAL.parse().unwrap()), Ok(()));
-        assert_eq!(admission.publish(&open, &head(None), REMOTE.parse().unwrap()).unwrap_err().status, 403);
+        assert_eq!(admission.publish(&open, &head(None), peer(LOCAL)), Ok(()));
+        assert_eq!(admission.publish(&open, &head(None), peer(REMOTE)).unwrap_err().status, 403);
         let locked = Config { publish_token: Some("s3cret".into()), ..Config::default() };
-        assert_eq!(admission.publish(&locked, &head(Some("s3cret")), REMOTE.parse().unwrap()), Ok(()));
+        assert_eq!(admission.publish(&locked, &head(Some("s3cret")), peer(REMOTE)), Ok(()));
         for wrong in [None, Some("s3cre"), Some("s3cret!"), Some("S3cret"), Some("")] {
-            assert_eq!(admission.publish(&locked, &head(wrong), LOCAL.parse().unwrap()).unwrap_err().status, 401);
+            assert_eq!(admission.publish(&locked, &head(wrong), peer(LOCAL)).unwrap_err().status, 401);
         }
+    }
+
+    #[test]
+    fn the_loopback_rule_refuses_proxies_browsers_and_unknown_names() {
+        let admission = Admission::default();
+        let config = Config::default();
+        let with = |edit: fn(&mut Credentials)| {
+            let mut head = head(None);
+            edit(&mut head.credentials);
+            admission.publish(&config, &head, peer(LOCAL)).map_err(|r| r.status)
+        };
+        assert_eq!(with(|_| {}), Ok(()));
+        assert_eq!(with(|c| c.proxied = true), Err(403), "a same-host proxy makes everyone loopback");
+        assert_eq!(with(|c| c.browser = true), Err(403), "Sec-Fetch-*: a page");
+        assert_eq!(with(|c| c.host = "rebind.evil.example:8080".into()), Err(403), "a rebound name");
+        assert_eq!(with(|c| c.host = "[::1]:8080".into()), Ok(()));
+        for mapped in ["[::ffff:127.0.0.1]:1000", "[::1]:1000"] {
+            assert_eq!(admission.publish(&config, &head(None), peer(mapped)), Ok(()), "{mapped} is loopback");
+        }
+        assert_eq!(admission.publish(&config, &head(None), peer("[::ffff:192.0.2.7]:1000")).unwrap_err().status, 403);
+        let named = Config { allowed_hosts: vec!["hub.lan".into()], ..Config::default() };
+        let mut lan = head(None);
+        lan.credentials.host = "hub.lan:8080".into();
+        assert_eq!(admission.publish(&named, &lan, peer(LOCAL)), Ok(()));
     }
 
     #[test]
     fn origin_policy_guards_upgrades_and_publishes() {
         let admission = Admission::new();
-        let local: SocketAddr = LOCAL.parse().unwrap();
-        let credentials = |origin: Option<&str>, bearer: Option<&str>| Credentials {
-            host: "hub.example:8080".into(),
+        let local = peer(LOCAL);
+        let credentials = |host: &str, origin: Option<&str>, bearer: Option<&str>| Credentials {
+            host: host.into(),
             origin: origin.map(str::to_string),
+            browser: origin.is_some(),
             bearer: bearer.map(str::to_string),
-            query_token: None,
+            ..Credentials::default()
         };
-        let up =
-            |origin| Upgrade { accept_key: String::new(), topics: Vec::new(), credentials: credentials(origin, None) };
+        let up = |host, origin| Upgrade {
+            accept_key: String::new(),
+            topics: Vec::new(),
+            credentials: credentials(host, origin, None),
+        };
         let config = Config::default();
-        assert!(admission.upgrade(&config, &up(None), local).is_ok(), "no Origin: not a browser");
-        assert!(admission.upgrade(&config, &up(Some("http://hub.example:8080")), local).is_ok());
-        assert_eq!(admission.upgrade(&config, &up(Some("http://evil.example")), local).unwrap_err().status, 403);
-        let publish = |origin, bearer| PublishHead { credentials: credentials(origin, bearer), ..head(None) };
+        let hub = "127.0.0.1:8080";
+        assert!(admission.upgrade(&config, &up(hub, None), local).is_ok(), "no Origin: not a browser");
+        assert!(admission.upgrade(&config, &up(hub, Some("http://127.0.0.1:8080")), local).is_ok());
+        assert_eq!(admission.upgrade(&config, &up(hub, Some("http://evil.example")), local).unwrap_err().status, 403);
+        // DNS rebinding: same-origin with itself, by a name the hub does not know.
+        let rebound = up("rebind.evil.example:8080", Some("http://rebind.evil.example:8080"));
+        assert_eq!(admission.upgrade(&config, &rebound, local).unwrap_err().status, 403);
+        let named = Config { allowed_hosts: vec!["hub.example".into()], ..Config::default() };
+        let lan = up("hub.example:8080", Some("http://hub.example:8080"));
+        assert!(admission.upgrade(&named, &lan, local).is_ok(), "--allowed-hosts");
+        // The scheme is the listener's.
+        let tls = Peer { tls: true, ..local };
+        assert_eq!(admission.upgrade(&config, &up(hub, Some("http://127.0.0.1:8080")), tls).unwrap_err().status, 403);
+        assert!(admission.upgrade(&config, &up(hub, Some("https://127.0.0.1:8080")), tls).is_ok());
+        let publish = |origin, bearer| PublishHead { credentials: credentials(hub, origin, bearer), ..head(None) };
         // Without a token, loopback may publish, but not from a browser page.
         assert_eq!(admission.publish(&config, &publish(None, None), local), Ok(()));
-        let same_site = publish(Some("http://hub.example:8080"), None);
+        let same_site = publish(Some("http://127.0.0.1:8080"), None);
         assert_eq!(admission.publish(&config, &same_site, local).unwrap_err().status, 403);
         // With a token, a cross-site page is refused whatever it presents.
         let locked = Config { publish_token: Some("t".into()), ..Config::default() };
         let cross = publish(Some("https://evil.example"), Some("t"));
         assert_eq!(admission.publish(&locked, &cross, local).unwrap_err().status, 403);
-        let allowed = publish(Some("http://hub.example:8080"), Some("t"));
+        let allowed = publish(Some("http://127.0.0.1:8080"), Some("t"));
         assert_eq!(admission.publish(&locked, &allowed, local), Ok(()));
     }
 

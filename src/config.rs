@@ -11,7 +11,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::logger::LogFormat;
-use crate::origin::OriginPolicy;
+use crate::origin::{OriginPolicy, parse_host_name};
 use crate::redis::RedisUrl;
 
 /// Everything the server can be told. `Default` matches the binary's defaults.
@@ -35,6 +35,9 @@ pub struct Config {
     pub publish_token: Option<String>,
     /// Which pages may open `/ws` or publish from a browser (`Origin`).
     pub allowed_origins: OriginPolicy,
+    /// Host names the hub answers browsers (and the credential-free
+    /// loopback routes) by, besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
     /// `/ws` clients only receive; a data frame from one: close 1008.
     pub no_client_publish: bool,
     /// HS256 secret file (`--jwt-secret-file`). With any JWT key set, `/ws`
@@ -106,6 +109,7 @@ impl Default for Config {
             no_echo: false,
             publish_token: None,
             allowed_origins: OriginPolicy::default(),
+            allowed_hosts: Vec::new(),
             no_client_publish: false,
             jwt_secret_file: None,
             jwt_public_key_files: Vec::new(),
@@ -196,6 +200,11 @@ const FLAGS: &[Flag] = &[
         name: "allowed-origins",
         value: "LIST",
         help: "origins browsers may connect from: https://a.example, https://*.example.com or * [same-origin]",
+    },
+    Flag {
+        name: "allowed-hosts",
+        value: "LIST",
+        help: "host names browsers may reach the hub by, besides IP literals and localhost [unset]",
     },
     Flag { name: "no-client-publish", value: "", help: "/ws clients only receive; a data frame from one: close 1008" },
     Flag {
@@ -359,6 +368,13 @@ impl Config {
             "tls-key" => self.tls_key = Some(path(value)?),
             "tls-client-ca" => self.tls_client_ca = Some(path(value)?),
             "allowed-origins" => self.allowed_origins = OriginPolicy::parse(value)?,
+            "allowed-hosts" => {
+                self.allowed_hosts =
+                    value.split(',').filter(|h| !h.trim().is_empty()).map(parse_host_name).collect::<Result<_, _>>()?;
+                if self.allowed_hosts.is_empty() {
+                    return Err("expected a comma-separated list of host names".into());
+                }
+            }
             "publish-token" if value.is_empty() => return Err("must not be empty".into()),
             "publish-token" => self.publish_token = Some(value.to_string()),
             "log-format" => {
@@ -477,7 +493,9 @@ mod tests {
         assert_eq!(from_env.jwt_leeway, Duration::ZERO);
         assert_eq!(config(&[], &[]).jwt_leeway, Duration::from_secs(30));
         let origins = config(&[], &[("WSHUB_ALLOWED_ORIGINS", "https://*.example.com")]).allowed_origins;
-        assert!(origins.allows("https://a.example.com", "hub") && !origins.allows("https://evil.com", "hub"));
+        assert!(
+            origins.allows("https://a.example.com", "hub", true) && !origins.allows("https://evil.com", "hub", true)
+        );
         assert_eq!(config(&["--log-level", "warn"], &[("RUST_LOG", "debug")]).log_level, LevelFilter::Warn);
         assert_eq!(config(&["--log-format", "json"], &[]).log_format, LogFormat::Json);
         assert_eq!(config(&[], &[]).log_format, LogFormat::Text);

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Peer};
 use crate::config::Config;
 use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, SharedFrame};
 use crate::http::{self, PublishHead, Rejection, Request};
@@ -213,6 +213,12 @@ impl Connection {
         self.peer
     }
 
+    /// Where its request came in, for admission: the public listener speaks
+    /// TLS when configured so; the admin listener never does.
+    fn arrival(&self, config: &Config) -> Peer {
+        Peer { addr: self.peer, tls: config.tls_cert.is_some() && !self.admin }
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(self.phase, Phase::Open { .. })
     }
@@ -328,14 +334,16 @@ impl Connection {
                 self.send_last(SharedFrame::from(http::response(200, "text/html; charset=utf-8", DEMO_PAGE)), ctx.now);
                 Action::Closing(Reason::HttpDone)
             }
-            Request::Metrics(credentials) => match ctx.admission.metrics(ctx.config, &credentials, self.peer) {
-                Err(rejection) => self.reject(rejection, ctx),
-                Ok(()) => {
-                    self.phase = Phase::Publishing;
-                    Action::Metrics
+            Request::Metrics(credentials) => {
+                match ctx.admission.metrics(ctx.config, &credentials, self.arrival(ctx.config)) {
+                    Err(rejection) => self.reject(rejection, ctx),
+                    Ok(()) => {
+                        self.phase = Phase::Publishing;
+                        Action::Metrics
+                    }
                 }
-            },
-            Request::Upgrade(upgrade) => match ctx.admission.upgrade(ctx.config, &upgrade, self.peer) {
+            }
+            Request::Upgrade(upgrade) => match ctx.admission.upgrade(ctx.config, &upgrade, self.arrival(ctx.config)) {
                 Err(rejection) => self.reject(rejection, ctx),
                 Ok(admitted) => {
                     self.push_unbounded(SharedFrame::from(http::upgrade_response(&upgrade.accept_key)), ctx.now);
@@ -367,7 +375,7 @@ impl Connection {
 
     fn start_publish(&mut self, head: PublishHead, since: Millis, ctx: &Context) -> Action {
         let config = ctx.config;
-        if let Err(rejection) = ctx.admission.publish(config, &head, self.peer) {
+        if let Err(rejection) = ctx.admission.publish(config, &head, self.arrival(config)) {
             return self.reject(rejection, ctx);
         }
         let Ok(topic) = head.topic else {
@@ -729,7 +737,7 @@ mod tests {
         let mut remote = Connection::new(0, remote());
         let actions = feed(&mut remote, &req[..], &ctx(&open, 0));
         assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 403, .. }))));
-        let big = b"POST /publish/news HTTP/1.1\r\nHost: h\r\nContent-Length: 70000\r\n\r\n";
+        let big = b"POST /publish/news HTTP/1.1\r\nHost: localhost\r\nContent-Length: 70000\r\n\r\n";
         let mut local = Connection::new(0, local());
         let actions = feed(&mut local, big, &ctx(&open, 0));
         assert!(matches!(actions[0], Action::Closing(Reason::Rejected(Rejection { status: 413, .. }))));
@@ -746,7 +754,7 @@ mod tests {
             seed
         };
         let prefixes: [&[u8]; 4] =
-            [b"", UPGRADE, b"POST /publish/t HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\n", b"GET /"];
+            [b"", UPGRADE, b"POST /publish/t HTTP/1.1\r\nHost: localhost\r\nContent-Length: 9\r\n\r\n", b"GET /"];
         for round in 0..2000 {
             let mut conn = Connection::new(0, if round % 2 == 0 { local() } else { remote() });
             let mut bytes = prefixes[round % prefixes.len()].to_vec();

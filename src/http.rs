@@ -46,6 +46,13 @@ pub struct Credentials {
     pub host: String,
     /// The `Origin` header, sent by browsers.
     pub origin: Option<String>,
+    /// Sent by a browser: it carries `Origin` or a `Sec-Fetch-*` header
+    /// (Fetch Metadata), which scripts in a page cannot suppress.
+    pub browser: bool,
+    /// Carries a proxy's forwarding header (`Forwarded`, `X-Forwarded-For`,
+    /// `X-Real-IP`, `Via`): the peer address is the proxy's, not the
+    /// client's.
+    pub proxied: bool,
     /// The token of an `Authorization: Bearer` header (scheme case-insensitive).
     pub bearer: Option<String>,
     /// A `token=` query parameter (browsers cannot set headers on a WebSocket).
@@ -204,13 +211,24 @@ impl Headers<'_, '_> {
 }
 
 impl Headers<'_, '_> {
-    /// Host, Origin and bearer token, as the admission step needs them.
+    /// Host, Origin, the browser and proxy marks, and the bearer token, as
+    /// the admission step needs them.
     fn credentials(&self, host: String) -> Result<Credentials, Rejection> {
-        let text = |v: &[u8]| std::str::from_utf8(v).ok().map(|v| v.trim().to_string());
-        let origin = self.single("origin")?.and_then(text);
+        // An Origin that is not text is not "no Origin": refuse it.
+        let origin = match self.single("origin")? {
+            None => None,
+            Some(v) => Some(std::str::from_utf8(v).map_err(|_| reject(400, "Origin is not UTF-8"))?.trim().to_string()),
+        };
+        let browser = origin.is_some() || self.0.iter().any(|h| starts_with_ignore_case(h.name, "sec-fetch-"));
+        let proxied =
+            ["forwarded", "x-forwarded-for", "x-real-ip", "via"].iter().any(|name| self.all(name).next().is_some());
         let bearer = self.single("authorization")?.and_then(|v| bearer_token(v).map(str::to_string));
-        Ok(Credentials { host, origin, bearer, query_token: None })
+        Ok(Credentials { host, origin, browser, proxied, bearer, query_token: None })
     }
+}
+
+fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 /// The token of an `Authorization: Bearer <token>` value. RFC 9110 §11.1:
@@ -222,9 +240,16 @@ fn bearer_token(value: &[u8]) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The value of the first `name=` parameter of a query string, undecoded.
-fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
-    query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+/// The value of the `name=` parameter of a query string, undecoded; a
+/// parameter given twice is refused (one request, one meaning).
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Result<Option<&'q str>, Rejection> {
+    let mut values =
+        query.into_iter().flat_map(|q| q.split('&')).filter_map(|pair| pair.strip_prefix(name)?.strip_prefix('='));
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(reject(400, "repeated query parameter"));
+    }
+    Ok(first)
 }
 
 fn upgrade(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgrade, Rejection> {
@@ -247,7 +272,7 @@ fn upgrade(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgra
     let topics = topics_from_query(query).map_err(|_| reject(400, "bad topic in query"))?;
     let accept_key = tungstenite::handshake::derive_accept_key(key);
     let mut credentials = headers.credentials(host)?;
-    credentials.query_token = query_param(query, "token").filter(|t| !t.is_empty()).map(str::to_string);
+    credentials.query_token = query_param(query, "token")?.filter(|t| !t.is_empty()).map(str::to_string);
     Ok(Upgrade { accept_key, topics, credentials })
 }
 

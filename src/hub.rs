@@ -980,7 +980,11 @@ mod tests {
         let mut hub = Hub::new(Config { handshake_timeout: Duration::from_secs(10), ..Config::default() });
         let t = MemoryTransport::new();
         let id = hub.insert(t.clone(), peer(1), 0);
-        hub.receive(id, &mut b"POST /publish/t HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\n".to_vec(), 8_000);
+        hub.receive(
+            id,
+            &mut b"POST /publish/t HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n".to_vec(),
+            8_000,
+        );
         hub.receive(id, &mut b"12345".to_vec(), 9_000);
         hub.tick(9_999);
         assert!(hub.contains(id));

@@ -1,12 +1,16 @@
 //! Which web pages may open `/ws` (and publish) from a visitor's browser:
-//! the `Origin` policy, against cross-site WebSocket hijacking.
+//! the `Origin` policy, against cross-site WebSocket hijacking, and the
+//! names the hub answers to, against DNS rebinding.
 //!
 //! Browsers send `Origin` with every WebSocket handshake and cross-site
-//! POST; other clients usually send none, and a request without one is not
-//! judged here. Unset, the policy is same-origin: the origin's host and port
-//! must be those of the `Host` header (as gorilla/websocket does by default).
-//! `--allowed-origins` lists exact origins (`https://app.example.com`),
-//! wildcard subdomains (`https://*.example.com`), or `*`.
+//! POST; other clients usually send none. Unset, the policy is same-origin:
+//! the origin's scheme must be the listener's (`https` on TLS) and its host
+//! and port those of the `Host` header. `Host` alone proves nothing: a page
+//! whose name an attacker re-pointed at the hub's address (DNS rebinding)
+//! is same-origin with itself, so the name must also be one the hub knows
+//! itself by ([`known_host`]). `--allowed-origins` lists exact origins
+//! (`https://app.example.com`), wildcard subdomains
+//! (`https://*.example.com`), or `*`.
 
 /// An origin, parsed: `scheme://host[:port]`, lowercased, port made explicit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +53,40 @@ fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
         None => None,
     };
     Some((host, port))
+}
+
+/// The default port of the listener's own scheme.
+fn listener_port(tls: bool) -> u16 {
+    if tls { 443 } else { 80 }
+}
+
+/// Is `scheme` the listener's: `https`/`wss` on TLS, `http`/`ws` otherwise?
+fn listener_scheme(scheme: &str, tls: bool) -> bool {
+    if tls { matches!(scheme, "https" | "wss") } else { matches!(scheme, "http" | "ws") }
+}
+
+/// Does the `Host` header name the hub by a name it knows itself by: an IP
+/// literal, `localhost`, or one of `--allowed-hosts`? A rebound name is
+/// none of these.
+pub fn known_host(host: &str, allowed_hosts: &[String]) -> bool {
+    let Some((name, _)) = split_host_port(host) else {
+        return false;
+    };
+    if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || allowed_hosts.iter().any(|h| *h == name)
+}
+
+/// Checks one `--allowed-hosts` entry: a host name without a port,
+/// lowercased.
+pub fn parse_host_name(entry: &str) -> Result<String, String> {
+    let name = entry.trim().to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with(['.', '-']);
+    if valid { Ok(name) } else { Err(format!("'{entry}' is not a host name (no scheme, no port)")) }
 }
 
 impl Origin {
@@ -108,14 +146,22 @@ impl OriginPolicy {
         Ok(OriginPolicy { allowed: Some(patterns) })
     }
 
-    /// May a page from `origin` talk to us, asked with this `Host` header?
-    pub fn allows(&self, origin: &str, host: &str) -> bool {
+    /// The default: same-origin with the hub.
+    pub fn is_same_origin(&self) -> bool {
+        self.allowed.is_none()
+    }
+
+    /// May a page from `origin` talk to us, asked with this `Host` header on
+    /// a listener that speaks TLS (`tls`) or not?
+    pub fn allows(&self, origin: &str, host: &str, tls: bool) -> bool {
         match &self.allowed {
             None => {
                 let (Some(origin), Some((host, port))) = (Origin::parse(origin), split_host_port(host)) else {
                     return false; // includes `Origin: null`
                 };
-                origin.host == host && port.unwrap_or(default_port(&origin.scheme).unwrap_or(0)) == origin.port
+                listener_scheme(&origin.scheme, tls)
+                    && origin.host == host
+                    && port.unwrap_or(listener_port(tls)) == origin.port
             }
             Some(patterns) => {
                 let parsed = Origin::parse(origin);
@@ -141,36 +187,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn same_origin_compares_host_and_port_with_the_host_header() {
+    fn same_origin_compares_scheme_host_and_port_with_the_listener_and_host() {
         let policy = OriginPolicy::default();
-        assert!(policy.allows("http://hub.example:8080", "hub.example:8080"));
-        assert!(policy.allows("https://HUB.example", "hub.example:443"), "default port, any case");
-        assert!(policy.allows("https://hub.example", "hub.example"));
-        assert!(policy.allows("http://[::1]:8080", "[::1]:8080"));
-        assert!(!policy.allows("http://evil.example:8080", "hub.example:8080"), "cross-site");
-        assert!(!policy.allows("http://hub.example:9090", "hub.example:8080"), "other port");
-        assert!(!policy.allows("https://hub.example", "hub.example:80"), "https origin, port 80");
-        assert!(!policy.allows("null", "hub.example"), "opaque origins are refused");
-        assert!(!policy.allows("garbage", "hub.example"));
+        assert!(policy.allows("http://hub.example:8080", "hub.example:8080", false));
+        assert!(policy.allows("https://HUB.example", "hub.example:443", true), "default port, any case");
+        assert!(policy.allows("https://hub.example", "hub.example", true));
+        assert!(policy.allows("http://hub.example", "hub.example", false));
+        assert!(policy.allows("http://[::1]:8080", "[::1]:8080", false));
+        assert!(!policy.allows("http://evil.example:8080", "hub.example:8080", false), "cross-site");
+        assert!(!policy.allows("http://hub.example:9090", "hub.example:8080", false), "other port");
+        assert!(!policy.allows("https://hub.example", "hub.example:80", false), "https origin, port 80");
+        assert!(!policy.allows("http://hub.example:8443", "hub.example:8443", true), "http page on a TLS hub");
+        assert!(!policy.allows("https://hub.example:8080", "hub.example:8080", false), "https page, plain hub");
+        assert!(!policy.allows("http://hub.example", "hub.example", true), "the default port is the listener's");
+        assert!(!policy.allows("null", "hub.example", false), "opaque origins are refused");
+        assert!(!policy.allows("garbage", "hub.example", false));
+    }
+
+    #[test]
+    fn known_hosts_are_ip_literals_localhost_and_the_allowed_names() {
+        let allowed = vec!["hub.lan".to_string()];
+        for host in
+            ["127.0.0.1:8080", "10.0.0.7", "[::1]:8080", "[fd00::2]", "localhost:8080", "LOCALHOST", "hub.lan:1"]
+        {
+            assert!(known_host(host, &allowed), "{host}");
+        }
+        for host in ["rebind.evil.example:8080", "hub.lan.evil.example", "evilhub.lan", "127.0.0.1.nip.io", "[::1", ""]
+        {
+            assert!(!known_host(host, &allowed), "{host}");
+        }
+        assert_eq!(parse_host_name(" Hub.LAN ").unwrap(), "hub.lan");
+        for bad in ["", "hub.lan:8080", "https://hub.lan", "hub lan", ".hub"] {
+            assert!(parse_host_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn allowed_lists_exact_wildcard_and_any() {
         let policy =
             OriginPolicy::parse("https://app.example.com, https://*.example.org,http://localhost:3000").unwrap();
-        assert!(policy.allows("https://app.example.com", "hub"));
-        assert!(policy.allows("https://APP.example.com:443", "hub"));
-        assert!(!policy.allows("http://app.example.com", "hub"), "scheme matters");
-        assert!(!policy.allows("https://app.example.com:8443", "hub"), "port matters");
-        assert!(policy.allows("https://a.example.org", "hub"));
-        assert!(policy.allows("https://a.b.example.org", "hub"));
-        assert!(!policy.allows("https://example.org", "hub"), "the bare domain is not a subdomain");
-        assert!(!policy.allows("https://evilexample.org", "hub"));
-        assert!(!policy.allows("https://a.example.org.evil.net", "hub"));
-        assert!(policy.allows("http://localhost:3000", "hub"));
-        assert!(!policy.allows("null", "hub"));
+        assert!(policy.allows("https://app.example.com", "hub", false));
+        assert!(policy.allows("https://APP.example.com:443", "hub", false));
+        assert!(!policy.allows("http://app.example.com", "hub", false), "scheme matters");
+        assert!(!policy.allows("https://app.example.com:8443", "hub", false), "port matters");
+        assert!(policy.allows("https://a.example.org", "hub", false));
+        assert!(policy.allows("https://a.b.example.org", "hub", false));
+        assert!(!policy.allows("https://example.org", "hub", false), "the bare domain is not a subdomain");
+        assert!(!policy.allows("https://evilexample.org", "hub", false));
+        assert!(!policy.allows("https://a.example.org.evil.net", "hub", false));
+        assert!(policy.allows("http://localhost:3000", "hub", false));
+        assert!(!policy.allows("null", "hub", false));
         let any = OriginPolicy::parse("*").unwrap();
-        assert!(any.allows("null", "hub") && any.allows("https://anything.example", "hub"));
+        assert!(any.allows("null", "hub", false) && any.allows("https://anything.example", "hub", false));
         for bad in ["", " , ", "example.com", "https://", "https://a.example/path", "ftp://*."] {
             assert!(OriginPolicy::parse(bad).is_err(), "{bad:?}");
         }

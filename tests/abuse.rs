@@ -248,7 +248,8 @@ fn shutdown_drains_a_slow_reader_for_the_whole_shutdown_timeout() {
         let mut body = vec![b'x'; 60_000];
         body[0] = i as u8;
         let mut request =
-            format!("POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            format!("POST /publish/t HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n", body.len())
+                .into_bytes();
         request.extend_from_slice(&body);
         assert_eq!(status_of(&http(bin.addr, &request)), 200);
     }

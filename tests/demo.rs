@@ -167,7 +167,10 @@ fn the_demo_page_connects_receives_sends_and_shows_the_close_code() {
 
     // A publish on one of its topics shows up in the log.
     assert_eq!(
-        status_of(&http(hub.addr, b"POST /publish/sensors.t1 HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n21.5")),
+        status_of(&http(
+            hub.addr,
+            b"POST /publish/sensors.t1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\r\n21.5"
+        )),
         200
     );
     page.wait_for("the publish to show", |p| p.text_of("#log").contains("\u{2190} 21.5"));

@@ -138,7 +138,7 @@ fn a_publish_body_must_arrive_within_the_same_handshake_timeout() {
     let hub = Hub::start(Config { handshake_timeout: Duration::from_millis(800), ..Config::default() });
     let mut stream = TcpStream::connect(hub.addr).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.write_all(b"POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n").unwrap();
+    stream.write_all(b"POST /publish/t HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n").unwrap();
     // The body trickles in, a byte at a time, for longer than the timeout.
     let started = std::time::Instant::now();
     let mut closed = false;
@@ -210,8 +210,9 @@ fn oversized_message_closes_with_1009() {
 }
 
 fn publish_request(topic: &str, body: &[u8], extra: &str) -> Vec<u8> {
-    let mut req = format!("POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n{extra}\r\n", body.len())
-        .into_bytes();
+    let mut req =
+        format!("POST /publish/{topic} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n{extra}\r\n", body.len())
+            .into_bytes();
     req.extend_from_slice(body);
     req
 }
@@ -266,7 +267,8 @@ fn publish_errors() {
     assert_eq!(status(publish_request("t", &[b'x'; 101], auth)), 413);
     assert_eq!(status(publish_request("bad%20topic", b"x", auth)), 400);
     assert_eq!(status(b"GET /publish/t HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()), 405);
-    let chunked = "POST /publish/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let chunked =
+        "POST /publish/t HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
     assert_eq!(status(chunked.as_bytes().to_vec()), 411);
     assert_eq!(status(publish_request("t", b"x", "").into_iter().collect()), 401);
     let signed = String::from_utf8(publish_request("t", b"xy", auth)).unwrap().replace("Length: 2", "Length: +2");

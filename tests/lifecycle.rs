@@ -116,7 +116,8 @@ fn publisher_shutdown_flushes_queues_then_closes_1001() {
 
 fn http_publish(addr: SocketAddr, topic: &str, body: &[u8]) -> String {
     let mut req =
-        format!("POST /publish/{topic} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        format!("POST /publish/{topic} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n", body.len())
+            .into_bytes();
     req.extend_from_slice(body);
     http(addr, &req)
 }

@@ -49,7 +49,7 @@ for family in text_string_to_metric_families(sys.stdin.read()):
 }
 
 fn scrape(addr: std::net::SocketAddr) -> (String, HashMap<String, f64>) {
-    let response = http(addr, b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    let response = http(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(status_of(&response), 200, "{response}");
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"), "{head}");
@@ -80,7 +80,8 @@ fn counters_match_what_happened() {
     while hub.publisher.stats().exited(Exit::SlowConsumer) == 0 {
         let body = vec![b'x'; 16 * 1024];
         let mut request =
-            format!("POST /publish/t HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            format!("POST /publish/t HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n", body.len())
+                .into_bytes();
         request.extend_from_slice(&body);
         assert_eq!(status_of(&http(hub.addr, &request)), 200);
         http_publishes += 1;
@@ -125,7 +126,7 @@ fn counters_match_what_happened() {
 fn metrics_follow_the_publish_access_rule_and_the_admin_listener() {
     let locked = Hub::start(Config { publish_token: Some("s3cret".into()), ..Config::default() });
     let ask = |hub: &Hub, auth: &str| {
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: test\r\n{auth}\r\n");
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n");
         status_of(&http(hub.addr, request.as_bytes()))
     };
     assert_eq!(ask(&locked, ""), 401);
@@ -136,7 +137,7 @@ fn metrics_follow_the_publish_access_rule_and_the_admin_listener() {
 
     let config = Config { admin_listen: Some("127.0.0.1:0".parse().unwrap()), ..Config::default() };
     let hub = Hub::start(config);
-    assert_eq!(status_of(&http(hub.addr, b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")), 404);
+    assert_eq!(status_of(&http(hub.addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")), 404);
     let (_, m) = scrape(hub.admin.unwrap());
     assert!(m.contains_key(r#"wshub_connections{state="open"}"#));
 }

@@ -61,7 +61,7 @@ fn messages_cross_hubs_both_ways_from_every_source() {
     assert_eq!(next_message(&mut on_a), Message::binary(vec![0xB5, 0, 1]), "opcode and bytes preserved");
 
     // HTTP publish answers with this hub's receivers only.
-    let response = http(a.addr, b"POST /publish/t HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    let response = http(a.addr, b"POST /publish/t HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello");
     assert_eq!(status_of(&response), 200);
     assert!(response.ends_with("{\"receivers\": 1}\n"), "{response}");
     assert_eq!(text(&mut on_a), "hello");

@@ -453,3 +453,21 @@ fn a_flood_of_tiny_records_is_cut_off_without_starving_others() {
     assert!(line.contains("records almost empty"), "{line}");
     assert!(worst < Duration::from_secs(2), "a quiet round trip took {worst:?}");
 }
+
+#[test]
+fn a_page_must_be_https_to_be_same_origin_with_a_tls_hub() {
+    let cert = cert();
+    let hub = Hub::start(cert.config.clone());
+    let status = |origin: &str| {
+        let mut stream = tls_connect(hub.addr, &cert);
+        let request =
+            upgrade_request("/ws").replace("Host: test\r\n", &format!("Host: localhost\r\nOrigin: {origin}\r\n"));
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        status_of(&String::from_utf8_lossy(&head))
+    };
+    assert_eq!(status("https://localhost"), 101);
+    assert_eq!(status("http://localhost:443"), 403, "an http page on a TLS hub");
+    assert_eq!(status("http://localhost"), 403);
+}

@@ -80,7 +80,7 @@ fn upgrade_status(hub: &Hub, path: &str, extra: &str) -> u16 {
 
 fn publish(hub: &Hub, topic: &str, bearer: Option<&str>) -> String {
     let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!("POST /publish/{topic} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 2\r\n\r\nhi");
+    let request = format!("POST /publish/{topic} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 2\r\n\r\nhi");
     http(hub.addr, request.as_bytes())
 }
 
