@@ -75,7 +75,7 @@ pub fn known_host(host: &str, allowed_hosts: &[String]) -> bool {
     if let Some(v6) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
         return v6.parse::<std::net::Ipv6Addr>().is_ok();
     }
-    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || allowed_hosts.iter().any(|h| *h == name)
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || allowed_hosts.contains(&name)
 }
 
 /// Checks one `--allowed-hosts` entry: a host name without a port,
