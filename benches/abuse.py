@@ -26,7 +26,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, stop, wait_listening  # noqa: E402
+from procs import free_port, stop, uncapped_env, wait_listening  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -97,7 +97,7 @@ def start(binary, extra=()):
     # (a build from before that flag does not know it).
     per_ip = [] if binary in BASELINES else ["--max-connections-per-ip", "1000"]
     proc = subprocess.Popen(["taskset", "-c", "0", binary, "--listen", f"127.0.0.1:{port}", *per_ip, *extra],
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=uncapped_env())
     wait_listening(proc, port, "wshub")
     return proc, port
 

@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tokens  # noqa: E402
-from procs import free_port, stop, wait_listening  # noqa: E402
+from procs import free_port, stop, uncapped_env, wait_listening  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
@@ -57,11 +57,8 @@ def start(server):
     cmd = SERVERS[server] + ["--listen", f"127.0.0.1:{port}"]
     # The multi-thread runtime gets both cores; everything else one.
     cores = "0,1" if server == "tokio-mt" else "0"
-    # The load generator opens up to 20,000 clients from 4 addresses: lift
-    # the per-address and pending caps (by environment, which builds from
-    # before those flags simply ignore).
-    env = dict(os.environ, WSHUB_MAX_CONNECTIONS_PER_IP="20000", WSHUB_MAX_PENDING="20000")
-    proc = subprocess.Popen(["taskset", "-c", cores] + cmd, stderr=subprocess.DEVNULL, env=env)
+    # The load generator opens up to 20,000 clients from 4 addresses.
+    proc = subprocess.Popen(["taskset", "-c", cores] + cmd, stderr=subprocess.DEVNULL, env=uncapped_env())
     wait_listening(proc, port, server)
     return proc, port
 

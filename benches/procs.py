@@ -1,9 +1,19 @@
 """Process helpers the benchmark scripts share: a free loopback port, waiting
-until a server they started listens, and stopping it by its PID."""
+until a server they started listens, stopping it by its PID, and the
+environment that lifts wshub's per-address limits."""
+import os
 import signal
 import socket
 import subprocess
 import time
+
+
+def uncapped_env():
+    """The environment for a wshub under load from a few loopback addresses:
+    the per-address cap, the pending cap and the per-address connection rate
+    lifted (by environment, which builds from before a flag simply ignore)."""
+    return dict(os.environ, WSHUB_MAX_CONNECTIONS_PER_IP="20000", WSHUB_MAX_PENDING="20000",
+                WSHUB_CONNECTION_RATE_PER_IP="0")
 
 
 def free_port():

@@ -29,14 +29,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fanout import REL, ROOT, fmt_rate, median_of  # noqa: E402
-from procs import free_port, stop, wait_listening  # noqa: E402
+from procs import free_port, stop, uncapped_env, wait_listening  # noqa: E402
 
 QUICK = "--quick" in sys.argv
 REPEAT = 1 if QUICK else 5
 DURATION = "2" if QUICK else "4"
 CLIENTS = "1000"
 WSHUB = [os.path.join(REL, "wshub"), "--log-level", "warn", "--max-connections", "20000"]
-ENV = dict(os.environ, WSHUB_MAX_CONNECTIONS_PER_IP="20000", WSHUB_MAX_PENDING="20000")
+ENV = uncapped_env()
 
 
 def start_redis():

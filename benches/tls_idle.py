@@ -20,7 +20,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, wait_listening  # noqa: E402
+from procs import free_port, uncapped_env, wait_listening  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WSHUB = os.path.join(ROOT, "target", "release", "wshub")
@@ -39,7 +39,7 @@ def rss_kib(pid):
 
 def run(extra, tls):
     port = free_port()
-    env = dict(os.environ, WSHUB_MAX_CONNECTIONS_PER_IP="20000", WSHUB_MAX_PENDING="20000")
+    env = uncapped_env()
     server = subprocess.Popen(["taskset", "-c", "0", WSHUB, "--listen", f"127.0.0.1:{port}", "--log-level", "warn",
                                "--max-connections", "20000"] + extra, env=env, stderr=subprocess.DEVNULL)
     clients = []

@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tokens  # noqa: E402
-from procs import free_port, wait_listening  # noqa: E402
+from procs import free_port, uncapped_env, wait_listening  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WSHUB = os.path.join(ROOT, "target", "release", "wshub")
@@ -76,7 +76,7 @@ def client(port, path, until, counter, tls):
 def run(args, path, tls=False):
     port = free_port()
     server = subprocess.Popen(["taskset", "-c", "0", WSHUB, "--listen", f"127.0.0.1:{port}", "--log-level", "warn"]
-                              + args, stderr=subprocess.DEVNULL)
+                              + args, stderr=subprocess.DEVNULL, env=uncapped_env())
     try:
         wait_listening(server, port, "wshub")
         counter = multiprocessing.Value("q", 0)

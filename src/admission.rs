@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::auth::{Claims, Grant, Verifier};
 use crate::config::Config;
+use crate::connection::Millis;
 use crate::http::{Credentials, PublishHead, Rejection, Request, Upgrade};
 use crate::origin::known_host;
 
@@ -41,13 +42,34 @@ pub struct Admission {
     ws_clients: usize,
     /// Connections that have not finished their HTTP request.
     pending: usize,
-    /// Connections per source (an IPv4 address or an IPv6 /64).
-    per_source: Option<HashMap<Source, u32>>,
+    /// Per source (an IPv4 address or an IPv6 /64): its open connections
+    /// and its connection rate. An entry lives while the source has
+    /// connections, and after that until its rate bucket is full again.
+    per_source: Option<HashMap<Source, SourceEntry>>,
     /// JWT keys, when configured: `/ws` then needs a token.
     verifier: Option<Box<Verifier>>,
     /// Wall-clock time for token claims, in seconds since the epoch: set by
     /// the driver each turn (an explicit clock, like `now` for deadlines).
     unix_now: u64,
+}
+
+/// What admission remembers of one source.
+#[derive(Debug, Clone, Copy)]
+struct SourceEntry {
+    /// Connections open (pending ones included).
+    open: u32,
+    /// `--connection-rate-per-ip`: a token bucket of new connections, as of
+    /// `refilled`; it holds one second's worth at most (the burst).
+    tokens: f32,
+    refilled: Millis,
+}
+
+impl SourceEntry {
+    /// The bucket as of `now`.
+    fn tokens(&self, rate: usize, now: Millis) -> f32 {
+        let elapsed = now.saturating_sub(self.refilled) as f32 / 1000.0;
+        (self.tokens + rate as f32 * elapsed).min(rate as f32)
+    }
 }
 
 /// What an admitted upgrade may do.
@@ -118,23 +140,38 @@ impl Admission {
     }
 
     /// May a new TCP connection from `peer` be kept? Checked at `accept`,
-    /// before anything is read: a refused one is closed at once.
-    pub fn connection(&self, config: &Config, peer: SocketAddr) -> Result<(), &'static str> {
+    /// before anything is read (no TLS or HTTP work for a refused one): a
+    /// refused one is closed at once.
+    pub fn connection(&self, config: &Config, peer: SocketAddr, now: Millis) -> Result<(), &'static str> {
         if self.pending >= config.max_pending {
             return Err("over --max-pending connections still sending their request");
         }
-        let from_source = self.per_source.as_ref().and_then(|m| m.get(&Source::of(peer.ip())));
-        if from_source.is_some_and(|&n| n as usize >= config.max_connections_per_ip) {
+        let Some(entry) = self.per_source.as_ref().and_then(|m| m.get(&Source::of(peer.ip()))) else {
+            return Ok(());
+        };
+        if entry.open as usize >= config.max_connections_per_ip {
             return Err("over --max-connections-per-ip");
+        }
+        let rate = config.connection_rate_per_ip;
+        if rate > 0 && entry.tokens(rate, now) < 1.0 {
+            return Err("over --connection-rate-per-ip");
         }
         Ok(())
     }
 
-    /// A connection from `peer` was accepted; it is pending until its
-    /// request is done.
-    pub(crate) fn connected(&mut self, peer: SocketAddr) {
+    /// A connection from `peer` was accepted at `now`; it is pending until
+    /// its request is done.
+    pub(crate) fn connected(&mut self, config: &Config, peer: SocketAddr, now: Millis) {
         self.pending += 1;
-        *self.per_source.get_or_insert_with(HashMap::new).entry(Source::of(peer.ip())).or_insert(0) += 1;
+        let rate = config.connection_rate_per_ip;
+        let map = self.per_source.get_or_insert_with(HashMap::new);
+        let entry =
+            map.entry(Source::of(peer.ip())).or_insert(SourceEntry { open: 0, tokens: rate as f32, refilled: now });
+        entry.open += 1;
+        if rate > 0 {
+            entry.tokens = entry.tokens(rate, now) - 1.0;
+            entry.refilled = now;
+        }
     }
 
     /// A connection finished sending its HTTP request.
@@ -142,16 +179,30 @@ impl Admission {
         self.pending = self.pending.saturating_sub(1);
     }
 
-    /// A connection from `peer` is gone.
-    pub(crate) fn disconnected(&mut self, peer: SocketAddr) {
+    /// A connection from `peer` is gone. A source without connections is
+    /// forgotten once its rate bucket is full (here, or by [`sweep`]).
+    ///
+    /// [`sweep`]: Admission::sweep
+    pub(crate) fn disconnected(&mut self, config: &Config, peer: SocketAddr, now: Millis) {
+        let rate = config.connection_rate_per_ip;
         if let Some(map) = self.per_source.as_mut() {
             let source = Source::of(peer.ip());
-            if let Some(count) = map.get_mut(&source) {
-                *count -= 1;
-                if *count == 0 {
+            if let Some(entry) = map.get_mut(&source) {
+                entry.open = entry.open.saturating_sub(1);
+                if entry.open == 0 && (rate == 0 || entry.tokens(rate, now) >= rate as f32) {
                     map.remove(&source);
                 }
             }
+        }
+    }
+
+    /// Forgets the sources without connections whose rate bucket is full
+    /// again (a walk over the sources, once per sweep: at most one entry
+    /// per connection plus the sources of the last second).
+    pub(crate) fn sweep(&mut self, config: &Config, now: Millis) {
+        let rate = config.connection_rate_per_ip;
+        if let Some(map) = self.per_source.as_mut() {
+            map.retain(|_, entry| entry.open > 0 || (rate > 0 && entry.tokens(rate, now) < rate as f32));
         }
     }
 
@@ -438,22 +489,55 @@ mod tests {
         let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
         let a2: SocketAddr = "192.0.2.1:2".parse().unwrap();
         let b: SocketAddr = "192.0.2.2:1".parse().unwrap();
-        admission.connected(a);
-        admission.connected(a2);
-        assert!(admission.connection(&config, a).is_err(), "a third from one address");
-        assert!(admission.connection(&config, b).is_ok());
-        admission.connected(b);
+        admission.connected(&config, a, 0);
+        admission.connected(&config, a2, 0);
+        assert!(admission.connection(&config, a, 0).is_err(), "a third from one address");
+        assert!(admission.connection(&config, b, 0).is_ok());
+        admission.connected(&config, b, 0);
         let c: SocketAddr = "192.0.2.3:1".parse().unwrap();
-        assert!(admission.connection(&config, c).is_err(), "three pending already");
+        assert!(admission.connection(&config, c, 0).is_err(), "three pending already");
         admission.request_done();
-        assert!(admission.connection(&config, c).is_ok(), "pending counts only requests in progress");
-        admission.disconnected(a);
-        assert!(admission.connection(&config, a).is_ok());
+        assert!(admission.connection(&config, c, 0).is_ok(), "pending counts only requests in progress");
+        admission.disconnected(&config, a, 0);
+        assert!(admission.connection(&config, a, 0).is_ok());
         // IPv6: one /64 is one source; IPv4-mapped addresses are IPv4.
         let v6 = |s: &str| Source::of(s.parse().unwrap());
         assert_eq!(v6("2001:db8:1:2::1"), v6("2001:db8:1:2:ffff::9"));
         assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
         assert_eq!(v6("::ffff:192.0.2.1"), Source::of("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn connection_rate_per_source_refills_at_its_rate() {
+        let config = Config { connection_rate_per_ip: 4, ..Config::default() };
+        let mut admission = Admission::new();
+        let a: SocketAddr = "192.0.2.1:1".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:1".parse().unwrap();
+        for _ in 0..4 {
+            assert_eq!(admission.connection(&config, a, 1_000), Ok(()), "the burst: one second's worth");
+            admission.connected(&config, a, 1_000);
+            admission.request_done();
+        }
+        assert_eq!(admission.connection(&config, a, 1_000), Err("over --connection-rate-per-ip"));
+        assert_eq!(admission.connection(&config, b, 1_000), Ok(()), "per source");
+        assert!(admission.connection(&config, a, 1_249).is_err());
+        assert_eq!(admission.connection(&config, a, 1_250), Ok(()), "one more after a quarter second");
+        // Gone and refilled: forgotten; gone but not refilled: remembered.
+        for _ in 0..4 {
+            admission.disconnected(&config, a, 1_500);
+        }
+        admission.sweep(&config, 1_500);
+        assert_eq!(admission.per_source.as_ref().map(HashMap::len), Some(1), "remembered while not refilled");
+        assert!(admission.connection(&config, a, 1_500).is_ok());
+        admission.sweep(&config, 2_000);
+        assert_eq!(admission.per_source.as_ref().map(HashMap::len), Some(0));
+        let off = Config { connection_rate_per_ip: 0, ..Config::default() };
+        for _ in 0..1000 {
+            assert_eq!(admission.connection(&off, a, 3_000), Ok(()));
+            admission.connected(&off, a, 3_000);
+            admission.request_done();
+            admission.disconnected(&off, a, 3_000);
+        }
     }
 
     #[test]

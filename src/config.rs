@@ -68,6 +68,9 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Connections that have not finished their HTTP request.
     pub max_pending: usize,
+    /// New connections per second from one IPv4 address or IPv6 /64 (burst:
+    /// one second's worth); 0: no limit.
+    pub connection_rate_per_ip: usize,
     /// Data messages per second a client may send (0: no limit).
     pub rate_limit_messages: usize,
     /// Data bytes per second a client may send (0: no limit).
@@ -124,6 +127,7 @@ impl Default for Config {
             message_timeout: Duration::from_secs(10),
             max_connections_per_ip: 128,
             max_pending: 1024,
+            connection_rate_per_ip: 100,
             rate_limit_messages: 0,
             rate_limit_bytes: 0,
             log_level: LevelFilter::Info,
@@ -187,6 +191,11 @@ const FLAGS: &[Flag] = &[
         help: "connections from one IPv4 address or IPv6 /64, pending included [128]",
     },
     Flag { name: "max-pending", value: "N", help: "connections still sending their HTTP request [1024]" },
+    Flag {
+        name: "connection-rate-per-ip",
+        value: "N",
+        help: "new connections per second from one IPv4 address or IPv6 /64, 0 = off [100]",
+    },
     Flag { name: "rate-limit-messages", value: "N", help: "data messages per second per client, 0 = off [0]" },
     Flag { name: "rate-limit-bytes", value: "BYTES", help: "data bytes per second per client, 0 = off [0]" },
     Flag { name: "write-timeout", value: "SECS", help: "drop a client whose queue makes no progress this long [10]" },
@@ -350,6 +359,7 @@ impl Config {
             "message-timeout" => self.message_timeout = seconds(value)?,
             "max-connections-per-ip" => self.max_connections_per_ip = positive(value)?,
             "max-pending" => self.max_pending = positive(value)?,
+            "connection-rate-per-ip" => self.connection_rate_per_ip = whole(value)?,
             "rate-limit-messages" => self.rate_limit_messages = whole(value)?,
             "rate-limit-bytes" => self.rate_limit_bytes = whole(value)?,
             "write-timeout" => self.write_timeout = seconds(value)?,

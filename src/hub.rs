@@ -193,7 +193,7 @@ impl<T: Transport> Hub<T> {
     /// and pending limits). A refused one is counted and logged here; the
     /// driver closes it at once.
     pub fn admit(&mut self, peer: SocketAddr, now: Millis) -> bool {
-        match self.admission.connection(&self.config, peer) {
+        match self.admission.connection(&self.config, peer, now) {
             Ok(()) => true,
             Err(why) => {
                 self.refused(peer, why, now);
@@ -219,7 +219,7 @@ impl<T: Transport> Hub<T> {
     /// A new connection from `peer`, accepted at `now`.
     pub fn insert(&mut self, transport: T, peer: SocketAddr, now: Millis) -> ClientId {
         self.stats.accepted += 1;
-        self.admission.connected(peer);
+        self.admission.connected(&self.config, peer, now);
         let client = Client {
             transport,
             conn: Connection::new(now, peer),
@@ -437,6 +437,7 @@ impl<T: Transport> Hub<T> {
         }
         self.apply_deferred(now);
         self.enforce_budget(now);
+        self.admission.sweep(&self.config, now);
     }
 
     /// Starts a graceful shutdown: open clients get what is queued for them,
@@ -605,7 +606,7 @@ impl<T: Transport> Hub<T> {
             if client.pending {
                 self.admission.request_done();
             }
-            self.admission.disconnected(client.conn.peer());
+            self.admission.disconnected(&self.config, client.conn.peer(), now);
             self.closed.push((id, client.transport));
         }
     }

@@ -189,8 +189,9 @@ fn a_flooding_client_does_not_starve_a_quiet_one() {
 
 #[test]
 fn an_unread_log_pipe_neither_stalls_nor_kills_the_hub() {
-    // Debug logging writes a line per connection; nobody reads stderr.
-    let mut bin = Binary::start(&["--log-level", "debug"]);
+    // Debug logging writes a line per connection; nobody reads stderr. (The
+    // connections come as fast as the test makes them: no rate limit.)
+    let mut bin = Binary::start(&["--log-level", "debug", "--connection-rate-per-ip", "0"]);
     let addr = bin.addr;
     let healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     for _ in 0..3000 {
@@ -237,6 +238,26 @@ fn connections_per_address_and_pending_requests_are_capped() {
     let real = RawWs::connect(hub.addr, "/ws");
     drop(real);
     wait_until("both refusals counted", || hub.publisher.stats().exited(Exit::Refused) == 2);
+}
+
+#[test]
+fn connection_rate_per_address_is_capped_before_any_work() {
+    let hub = Hub::start(Config { connection_rate_per_ip: 5, ..Config::default() });
+    // A burst of five from 127.0.0.5 is kept; the sixth is closed at once.
+    let mut held: Vec<TcpStream> = (0..5).map(|_| connect_from([127, 0, 0, 5], hub.addr)).collect();
+    let mut sixth = connect_from([127, 0, 0, 5], hub.addr);
+    assert!(closed_within(&mut sixth, PATIENCE), "over the rate: closed at once");
+    for stream in held.iter_mut() {
+        assert!(!closed_within(stream, Duration::from_millis(50)), "the first five stay");
+    }
+    let mut other = connect_from([127, 0, 0, 6], hub.addr);
+    assert!(!closed_within(&mut other, Duration::from_millis(50)), "other addresses have their own rate");
+    wait_until("the refusal counted", || hub.publisher.stats().exited(Exit::Refused) == 1);
+    // The bucket refills at five a second: soon one more is let in.
+    wait_until("a connection let in after the refill", || {
+        let mut later = connect_from([127, 0, 0, 5], hub.addr);
+        !closed_within(&mut later, Duration::from_millis(50))
+    });
 }
 
 #[test]

@@ -58,7 +58,8 @@ fn scrape(addr: std::net::SocketAddr) -> (String, HashMap<String, f64>) {
 
 #[test]
 fn counters_match_what_happened() {
-    let hub = Hub::start(Config { queue_messages: 8, ..Config::default() });
+    // Publishes come over new connections as fast as the test makes them.
+    let hub = Hub::start(Config { queue_messages: 8, connection_rate_per_ip: 0, ..Config::default() });
     // N = 3 clients on topic t (one of them never reads), and one on u.
     let mut slow = RawWs::connect_small_window(hub.addr, "/ws?topic=t");
     let mut reader = client(&hub, "/ws?topic=t");
