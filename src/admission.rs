@@ -292,7 +292,7 @@ impl Admission {
         Admission::browser_rules(config, credentials, peer.tls)?;
         if let Some(token) = &config.publish_token {
             let presented = credentials.bearer.as_deref().unwrap_or("");
-            if constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) {
                 return Ok(());
             }
         }

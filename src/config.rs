@@ -32,7 +32,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub no_echo: bool,
-    pub publish_token: Option<String>,
+    /// `--publish-token`: never shown by `Debug` or in errors.
+    pub publish_token: Option<Secret>,
     /// Which pages may open `/ws` or publish from a browser (`Origin`).
     pub allowed_origins: OriginPolicy,
     /// Host names the hub answers browsers (and the credential-free
@@ -139,6 +140,53 @@ impl Default for Config {
             redis_prefix: "wshub:".into(),
             reuse_port: false,
         }
+    }
+}
+
+/// A secret setting: its `Debug` shows that it is set, never its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret(value.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Secret {
+        Secret(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A flag's value as an error line may show it: secrets are not shown, and
+/// a Redis URL's credentials are masked (a malformed URL may not parse far
+/// enough for its own redaction).
+fn shown(flag: &str, value: &str) -> String {
+    match flag {
+        "publish-token" => "(not shown)".into(),
+        "redis" => {
+            let (scheme, rest) = value.split_once("://").map_or(("", value), |(s, r)| (s, r));
+            match rest.rsplit_once('@') {
+                Some((_, host)) if scheme.is_empty() => format!("***@{host}"),
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => value.into(),
+            }
+        }
+        _ => value.into(),
     }
 }
 
@@ -312,7 +360,9 @@ impl Config {
                     _ => (values, format!("--{}", flag.name)),
                 };
                 for value in values {
-                    config.set(flag.name, &value).map_err(|why| format!("invalid {source} '{value}': {why}"))?;
+                    config
+                        .set(flag.name, &value)
+                        .map_err(|why| format!("invalid {source} '{}': {why}", shown(flag.name, &value)))?;
                 }
                 continue;
             }
@@ -325,7 +375,9 @@ impl Config {
                 },
             };
             let value = value.unwrap_or_default();
-            config.set(flag.name, &value).map_err(|why| format!("invalid {source} '{value}': {why}"))?;
+            config
+                .set(flag.name, &value)
+                .map_err(|why| format!("invalid {source} '{}': {why}", shown(flag.name, &value)))?;
         }
         let level_given = given.iter().any(|(n, _)| *n == "log-level") || env("WSHUB_LOG_LEVEL").is_some();
         if let Some(level) = env("RUST_LOG").and_then(|v| v.parse::<LevelFilter>().ok())
@@ -386,7 +438,7 @@ impl Config {
                 }
             }
             "publish-token" if value.is_empty() => return Err("must not be empty".into()),
-            "publish-token" => self.publish_token = Some(value.to_string()),
+            "publish-token" => self.publish_token = Some(value.into()),
             "log-format" => {
                 self.log_format = match value {
                     "text" => LogFormat::Text,
@@ -537,6 +589,17 @@ mod tests {
         }
         assert!(parse(&[], &[("WSHUB_MAX_CONNECTIONS", "many")]).unwrap_err().contains("WSHUB_MAX_CONNECTIONS"));
         assert!(matches!(parse(&["--help"], &[]), Ok(Command::Help)));
+        // Secrets are not printed back, in errors or by Debug.
+        let err = parse(&["--redis", "redis://user:hunter2@host:port"], &[]).unwrap_err();
+        assert!(err.contains("redis://***@host:port") && !err.contains("hunter2"), "{err}");
+        for url in ["redis://:hunter2@h/db", "user:hunter2@h:6379"] {
+            let err = parse(&[], &[("WSHUB_REDIS", url)]).unwrap_err();
+            assert!(!err.contains("hunter2") && err.contains("***@h"), "{err}");
+        }
+        let err = parse(&["--publish-token="], &[]).unwrap_err();
+        assert!(err.contains("--publish-token"), "{err}");
+        let config = config(&["--publish-token", "hunter2", "--redis", "redis://:hunter2@h"], &[]);
+        assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
         assert!(matches!(parse(&["-V"], &[]), Ok(Command::Version)));
     }
 }

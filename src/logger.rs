@@ -31,6 +31,9 @@ use log::{LevelFilter, Log, Metadata, Record};
 /// Longest line written; longer ones are cut (a pipe write of at most
 /// `PIPE_BUF`, 4096 bytes, is atomic: all of it or nothing).
 const MAX_LINE: usize = 4000;
+/// Longest value of one field in a JSON line (a token's `sub`, a peer's
+/// certificate subject): several fields must fit one line.
+const MAX_FIELD: usize = 512;
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -143,9 +146,12 @@ impl Logger {
                     write_utc_timestamp(line, SystemTime::now());
                     line.push(b' ');
                 }
-                let _ = write!(line, "{level:<5} [{target}] {message}");
+                let _ = write!(line, "{level:<5} [{target}] ");
+                // Text from peers (a certificate subject, a Redis error)
+                // must not end the line or reach a terminal as controls.
+                let _ = std::fmt::write(&mut Escaped(line), message);
                 if line.len() > MAX_LINE {
-                    line.truncate(MAX_LINE);
+                    truncate_utf8(line, MAX_LINE);
                     line.extend_from_slice(b" [cut]");
                 }
             }
@@ -155,16 +161,7 @@ impl Logger {
                 let _ = write!(line, "\",\"level\":\"{level}\",\"target\":");
                 json_string(line, target);
                 line.extend_from_slice(b",\"msg\":");
-                let mut text = message.to_string();
-                if text.len() > MAX_LINE / 2 {
-                    let mut cut = MAX_LINE / 2;
-                    while !text.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    text.truncate(cut);
-                    text.push_str(" [cut]");
-                }
-                json_string(line, &text);
+                json_string(line, &capped(message.to_string(), MAX_LINE / 2));
                 if let Some(fields) = fields {
                     let _ = fields.visit(&mut JsonFields(line));
                 }
@@ -175,7 +172,54 @@ impl Logger {
     }
 }
 
-/// Writes `s` as a JSON string (RFC 8259 §7 escapes).
+/// Appends text with control characters (C0, DEL, C1) escaped: `\n`,
+/// `\r`, `\t`, and `\u{..}` for the rest. For the text format.
+struct Escaped<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for c in s.chars() {
+            match c {
+                '\n' => self.0.extend_from_slice(b"\\n"),
+                '\r' => self.0.extend_from_slice(b"\\r"),
+                '\t' => self.0.extend_from_slice(b"\\t"),
+                c if c.is_control() => {
+                    let _ = write!(self.0, "\\u{{{:x}}}", c as u32);
+                }
+                c => {
+                    let mut buf = [0; 4];
+                    self.0.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cuts `line` to at most `max` bytes without cutting a UTF-8 sequence.
+fn truncate_utf8(line: &mut Vec<u8>, max: usize) {
+    let mut cut = max.min(line.len());
+    while cut > 0 && cut < line.len() && line[cut] & 0xC0 == 0x80 {
+        cut -= 1;
+    }
+    line.truncate(cut);
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked.
+fn capped(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str(" [cut]");
+    }
+    text
+}
+
+/// Writes `s` as a JSON string (RFC 8259 §7 escapes, and DEL and C1
+/// controls as `\u` escapes too, which JSON allows raw but terminals obey).
 fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     for c in s.chars() {
@@ -185,7 +229,7 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
             '\n' => out.extend_from_slice(b"\\n"),
             '\r' => out.extend_from_slice(b"\\r"),
             '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
+            c if c.is_control() => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => {
@@ -219,7 +263,7 @@ struct JsonValue<'a>(&'a mut Vec<u8>);
 
 impl<'v> log::kv::VisitValue<'v> for JsonValue<'_> {
     fn visit_any(&mut self, value: log::kv::Value) -> Result<(), log::kv::Error> {
-        json_string(self.0, &value.to_string());
+        json_string(self.0, &capped(value.to_string(), MAX_FIELD));
         Ok(())
     }
 
@@ -243,7 +287,7 @@ impl<'v> log::kv::VisitValue<'v> for JsonValue<'_> {
     }
 
     fn visit_str(&mut self, value: &str) -> Result<(), log::kv::Error> {
-        json_string(self.0, value);
+        json_string(self.0, &capped(value.to_string(), MAX_FIELD));
         Ok(())
     }
 }
@@ -308,6 +352,29 @@ mod tests {
         assert_eq!(civil_from_days(20_417), (2025, 11, 25));
     }
 
+    fn logger(format: LogFormat) -> Logger {
+        Logger { level: LevelFilter::Info, format, timestamps: false, out: Mutex::new((None, Vec::new())) }
+    }
+
+    #[test]
+    fn text_lines_escape_controls_and_cut_on_a_character_boundary() {
+        let logger = logger(LogFormat::Text);
+        let mut line = Vec::new();
+        let forged = "CN=dev\nINFO  [wshub::hub] forged line\u{1b}[31m\u{9b}2J\u{7f}\r\tok";
+        logger.format(&mut line, log::Level::Info, "wshub::tls", format_args!("{forged}"), None);
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(
+            text,
+            "INFO  [wshub::tls] CN=dev\\nINFO  [wshub::hub] forged line\\u{1b}[31m\\u{9b}2J\\u{7f}\\r\\tok\n"
+        );
+        assert_eq!(text.matches('\n').count(), 1, "one line");
+        let mut line = Vec::new();
+        let long = "é".repeat(3000);
+        logger.format(&mut line, log::Level::Info, "t", format_args!("{long}"), None);
+        let text = String::from_utf8(line).expect("not cut inside a character");
+        assert!(text.len() <= MAX_LINE + 10 && text.ends_with(" [cut]\n"), "{}", text.len());
+    }
+
     #[test]
     fn json_lines_carry_the_event_fields() {
         let logger = Logger {
@@ -334,5 +401,13 @@ mod tests {
         assert!(text.ends_with("}\n") && text.starts_with("{\"ts\":\""), "{text}");
         assert!(text.contains(r#""level":"INFO","target":"wshub::hub","msg":"a \"quoted\"\nline\u0001","peer":"192.0.2.1:5","code":1008,"reason":"policy"}"#), "{text}");
         assert!(!text.contains("status"), "absent fields are left out: {text}");
+        // Every field is capped, so several fit one line; controls escaped.
+        let long = "s".repeat(10_000);
+        let fields: [(&str, log::kv::Value); 2] = [("sub", long.as_str().into()), ("subject", "a\u{9b}b".into())];
+        let mut line = Vec::new();
+        logger.format(&mut line, log::Level::Info, "wshub::hub", format_args!("x"), Some(&fields));
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.len() < MAX_FIELD + 200, "{}", text.len());
+        assert!(text.contains(r#""subject":"a\u009bb""#), "{text}");
     }
 }

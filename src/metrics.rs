@@ -130,6 +130,11 @@ fn render_redis(out: &mut Text, redis: &RedisStats) {
     }
     out.counter("wshub_redis_received_total", "Messages from Redis delivered here.", redis.received);
     out.counter("wshub_redis_invalid_total", "Messages from Redis dropped as malformed.", redis.invalid);
+    out.counter(
+        "wshub_redis_oversize_total",
+        "Messages from Redis dropped for being over --max-message-size (the link stays up).",
+        redis.oversize,
+    );
     out.gauge("wshub_redis_channels", "Redis channels this hub needs (topics with local subscribers).", redis.channels);
     out.gauge("wshub_redis_buffered_bytes", "Bytes held by the Redis links.", redis.buffered_bytes);
 }

@@ -46,3 +46,24 @@ fn under_journald_text_lines_have_no_timestamp() {
     assert!(line.starts_with("INFO  [wshub::server] SIGTERM"), "{line}");
     assert!(bin.wait_exit().success());
 }
+
+#[cfg(feature = "redis")]
+#[test]
+fn text_from_a_peer_cannot_forge_log_lines() {
+    // A "Redis" that refuses the handshake with an error carrying a newline
+    // and a terminal escape: the hub logs the error, escaped, on one line.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", fake.local_addr().unwrap());
+    let mut bin = Binary::start(&["--redis", &url]);
+    let (mut socket, _) = fake.accept().unwrap();
+    std::io::Write::write_all(&mut socket, b"-ERR no\nINFO  [wshub::hub] 203.0.113.9: forged\x1b[2J\r\n").unwrap();
+    let line = bin.wait_for_log("refused the handshake");
+    assert!(line.contains("ERR no\\nINFO  [wshub::hub] 203.0.113.9: forged\\u{1b}[2J"), "escaped: {line}");
+    assert!(!line.contains('\x1b'), "no raw escape: {line:?}");
+    bin.signal("TERM");
+    // No line of the log starts with the forged text.
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut bin.log, &mut rest);
+    assert!(!rest.lines().any(|l| l.contains("forged") && !l.contains("refused")), "{rest}");
+    assert!(bin.wait_exit().success());
+}

@@ -453,3 +453,27 @@ fn rediss_shares_topics_over_tls_and_refuses_a_server_it_cannot_trust() {
     assert_eq!(text(&mut here), "local only");
     assert_eq!(redis.numsub("wshub:t"), 2, "the untrusting hub never subscribed");
 }
+
+#[test]
+fn an_oversize_message_from_redis_is_dropped_without_losing_the_link() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let hub = Hub::start(Config { redis: Some(redis.parsed_url()), max_message_size: 1000, ..Config::default() });
+    let mut ws = client(&hub, "/ws?topic=t");
+    wait_until("subscribed", || redis.numsub("wshub:t") == 1);
+    let big = "x".repeat(200_000);
+    for i in 0..20 {
+        assert_eq!(redis.publish("wshub:t", &big), 1);
+        assert_eq!(redis.publish("wshub:t", &format!("small {i}")), 1);
+    }
+    for i in 0..20 {
+        assert_eq!(text(&mut ws), format!("small {i}"), "every message that fits, in order");
+    }
+    // (The figures are the hub's as of its last sweep.)
+    wait_until("every oversize message counted", || redis_stats(&hub).oversize == 20);
+    let stats = redis_stats(&hub);
+    assert_eq!(stats.connects[0], 1, "the subscriber link was never reset");
+    assert_eq!(stats.failures[0], 0);
+}

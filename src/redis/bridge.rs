@@ -21,7 +21,7 @@ use log::{debug, info, warn};
 
 use super::envelope::{self, Heard};
 use super::link::Link;
-use super::resp::{self, Value};
+use super::resp::{self, Parsed, Value};
 use super::url::RedisUrl;
 use super::{Incoming, RedisStats, Role, Unshared};
 use crate::connection::Millis;
@@ -232,6 +232,14 @@ impl Bridge {
         if self.links[role as usize].is_down() {
             return;
         }
+        // The rest of a message over the size limit is dropped as it comes.
+        let link = &mut self.links[role as usize];
+        let skipped = link.skip.min(bytes.len());
+        link.skip -= skipped;
+        let bytes = &bytes[skipped..];
+        if bytes.is_empty() {
+            return;
+        }
         let mut input = std::mem::take(&mut self.links[role as usize].input);
         let carried = !input.is_empty();
         if carried {
@@ -243,8 +251,8 @@ impl Bridge {
             match resp::parse(&data[pos..], self.max_reply) {
                 // However it is made up (one bulk string, or an array of
                 // many small ones), no reply may be bigger than a message.
-                Ok(Some((_, used))) if used > self.max_reply => break Some("reply over the size bound"),
-                Ok(Some((value, used))) => {
+                Ok(Parsed::Value(_, used)) if used > self.max_reply => break Some("reply over the size bound"),
+                Ok(Parsed::Value(value, used)) => {
                     pos += used;
                     if let Err(why) = self.reply(role, value, now, deliver) {
                         break Some(why);
@@ -253,8 +261,18 @@ impl Bridge {
                         return;
                     }
                 }
-                Ok(None) if data.len() - pos > self.max_reply => break Some("reply over the size bound"),
-                Ok(None) => break None,
+                Ok(Parsed::Oversize { head, skip }) => {
+                    // A message over --max-message-size: dropped (and its
+                    // bytes with it, as they stream in), counted; the link
+                    // stays.
+                    let here = skip.min(data.len() - pos - head);
+                    pos += head + here;
+                    self.links[role as usize].skip = skip - here;
+                    self.links[role as usize].heard(now);
+                    self.oversize(now);
+                }
+                Ok(Parsed::Incomplete) if data.len() - pos > self.max_reply => break Some("reply over the size bound"),
+                Ok(Parsed::Incomplete) => break None,
                 Err(invalid) => break Some(invalid.0),
             }
         };
@@ -359,7 +377,7 @@ impl Bridge {
             }
         };
         if incoming.payload.len() > self.max_message {
-            self.invalid(now, "a message over --max-message-size");
+            self.oversize(now);
             return;
         }
         if incoming.kind == MessageKind::Text && std::str::from_utf8(incoming.payload).is_err() {
@@ -368,6 +386,11 @@ impl Bridge {
         }
         self.stats.received += 1;
         deliver(incoming);
+    }
+
+    fn oversize(&mut self, now: Millis) {
+        self.stats.oversize += 1;
+        self.warn(2, now, "redis: dropped a message over --max-message-size");
     }
 
     fn invalid(&mut self, now: Millis, why: &str) {
@@ -621,13 +644,35 @@ mod tests {
             push("wshub:b", &[b'x'; 1001]),
         ];
         assert!(feed(&mut bridge, Role::Subscriber, &bad.concat(), 1).is_empty());
-        assert_eq!(bridge.stats().invalid, 5);
+        assert_eq!((bridge.stats().invalid, bridge.stats().oversize), (4, 1));
         assert!(bridge.is_up(Role::Subscriber), "bad messages do not cost the link");
         feed(&mut bridge, Role::Subscriber, b"!garbage\r\n", 2);
         assert!(bridge.is_down(Role::Subscriber), "a reply that is not RESP does");
-        // Bigger than a message can be: refused before it is buffered.
+        // Bigger than a message can be, and not a push to skip: refused
+        // before it is buffered.
         feed(&mut bridge, Role::Publisher, b"$999999\r\nabc", 3);
         assert!(bridge.is_down(Role::Publisher));
+    }
+
+    #[test]
+    fn a_message_over_the_size_limit_is_skipped_as_it_streams_not_the_link() {
+        let mut bridge = bridge("redis://127.0.0.1");
+        up(&mut bridge, 0);
+        bridge.topic_added(&topic("a"), 0);
+        let big = push("wshub:a", &vec![b'x'; 100_000]);
+        let mut got = Vec::new();
+        for chunk in big.chunks(4096) {
+            got.extend(feed(&mut bridge, Role::Subscriber, chunk, 1));
+            assert!(bridge.buffered_bytes() < 4096, "held {} bytes of it", bridge.buffered_bytes());
+        }
+        // The next message in the same read as the oversize one's tail.
+        let mut tail_and_next = push("wshub:a", &vec![b'y'; 5_000]);
+        tail_and_next.extend(push("wshub:a", b"fits"));
+        got.extend(feed(&mut bridge, Role::Subscriber, &tail_and_next, 2));
+        assert_eq!(got, [("a".to_string(), MessageKind::Text, b"fits".to_vec())]);
+        let stats = bridge.stats();
+        assert_eq!((stats.oversize, stats.invalid, stats.failures, stats.connects), (2, 0, [0, 0], [1, 1]));
+        assert!(bridge.is_up(Role::Subscriber));
     }
 
     #[test]

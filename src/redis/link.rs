@@ -42,6 +42,8 @@ pub struct Link {
     sent: usize,
     /// Read but not yet a complete reply.
     pub(super) input: Vec<u8>,
+    /// Bytes still to drop of a message over the size limit.
+    pub(super) skip: usize,
     /// Replies owed for commands queued; the first `handshake` of them
     /// answer the handshake.
     owed: usize,
@@ -64,6 +66,7 @@ impl Link {
             out: Vec::new(),
             sent: 0,
             input: Vec::new(),
+            skip: 0,
             owed: 0,
             handshake: 0,
             waiting_since: 0,
@@ -97,6 +100,7 @@ impl Link {
         self.out.clear();
         self.sent = 0;
         self.input.clear();
+        self.skip = 0;
         self.state = State::Starting { since: now };
         self.handshake = handshake(&mut self.out);
         self.owed = self.handshake;

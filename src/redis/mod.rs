@@ -93,6 +93,8 @@ pub struct RedisStats {
     pub received: u64,
     /// Messages heard that were not envelopes nor valid messages (counter).
     pub invalid: u64,
+    /// Messages heard over `--max-message-size`, dropped (counter).
+    pub oversize: u64,
     /// Channels this hub needs (gauge).
     pub channels: u64,
     /// Bytes held by the links: unsent commands, unread replies (gauge).

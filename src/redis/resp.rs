@@ -79,40 +79,75 @@ const MAX_DEPTH: usize = 8;
 /// Most elements in one array.
 const MAX_ITEMS: i64 = 1 << 20;
 
-/// Reads the complete value at the start of `input`: the value and the
-/// bytes it took, `Ok(None)` when more bytes are needed first. `max_bulk`
-/// bounds a bulk string, so a peer cannot make the caller buffer without
-/// end.
-pub fn parse(input: &[u8], max_bulk: usize) -> Result<Option<(Value<'_>, usize)>, Invalid> {
-    match check(input, 0, 0, max_bulk)? {
-        None => Ok(None),
-        Some(end) => decode(&input[..end]).map(Some),
+/// What [`parse`] found at the start of its input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed<'a> {
+    /// A complete value and the bytes it took.
+    Value(Value<'a>, usize),
+    /// More bytes are needed first.
+    Incomplete,
+    /// An array (a pub/sub push) whose last element is a bulk string over
+    /// the size limit: the first `head` bytes are its start, up to the
+    /// string's content; `skip` more bytes (the content and its CRLF) end
+    /// it. The caller drops them as they stream in, never holding them.
+    Oversize { head: usize, skip: usize },
+}
+
+/// Reads the complete value at the start of `input`. `max_bulk` bounds a
+/// bulk string, so a peer cannot make the caller buffer without end.
+pub fn parse(input: &[u8], max_bulk: usize) -> Result<Parsed<'_>, Invalid> {
+    match check(input, 0, 0, max_bulk, false) {
+        Ok(None) => Ok(Parsed::Incomplete),
+        Ok(Some(end)) => decode(&input[..end]).map(|(value, used)| Parsed::Value(value, used)),
+        Err(Stop::Oversize { head, len }) => Ok(Parsed::Oversize { head, skip: len + 2 }),
+        Err(Stop::Invalid(invalid)) => Err(invalid),
+    }
+}
+
+/// Why [`check`] stopped before the end of a value.
+enum Stop {
+    Invalid(Invalid),
+    /// The bulk string ending a top-level array is over the limit; its
+    /// content starts at `head` and is `len` bytes.
+    Oversize {
+        head: usize,
+        len: usize,
+    },
+}
+
+impl From<Invalid> for Stop {
+    fn from(invalid: Invalid) -> Stop {
+        Stop::Invalid(invalid)
     }
 }
 
 /// Where the value starting at `pos` ends, if `input` holds all of it.
-fn check(input: &[u8], pos: usize, depth: usize, max_bulk: usize) -> Result<Option<usize>, Invalid> {
+/// `last_of_top`: the value is the last element of a top-level array.
+fn check(input: &[u8], pos: usize, depth: usize, max_bulk: usize, last_of_top: bool) -> Result<Option<usize>, Stop> {
     let Some((kind, line, next)) = line(input, pos)? else {
         return Ok(None);
     };
     match kind {
         b'+' | b'-' => Ok(Some(next)),
-        b':' => integer(line).map(|_| Some(next)),
+        b':' => Ok(integer(line).map(|_| Some(next))?),
         b'$' => {
             let len = integer(line)?;
             if len == -1 {
                 return Ok(Some(next));
             }
             let len = usize::try_from(len).map_err(|_| Invalid("negative bulk length"))?;
+            if len > max_bulk && last_of_top {
+                return Err(Stop::Oversize { head: next, len });
+            }
             if len > max_bulk {
-                return Err(Invalid("bulk string over the size limit"));
+                return Err(Invalid("bulk string over the size limit").into());
             }
             let end = next + len + 2;
             if input.len() < end {
                 return Ok(None);
             }
             if &input[end - 2..end] != b"\r\n" {
-                return Err(Invalid("bulk string not followed by CRLF"));
+                return Err(Invalid("bulk string not followed by CRLF").into());
             }
             Ok(Some(end))
         }
@@ -122,21 +157,21 @@ fn check(input: &[u8], pos: usize, depth: usize, max_bulk: usize) -> Result<Opti
                 return Ok(Some(next));
             }
             if !(0..=MAX_ITEMS).contains(&count) {
-                return Err(Invalid("bad array length"));
+                return Err(Invalid("bad array length").into());
             }
             if depth == MAX_DEPTH {
-                return Err(Invalid("arrays nested too deep"));
+                return Err(Invalid("arrays nested too deep").into());
             }
             let mut pos = next;
-            for _ in 0..count {
-                match check(input, pos, depth + 1, max_bulk)? {
+            for i in 0..count {
+                match check(input, pos, depth + 1, max_bulk, depth == 0 && i + 1 == count)? {
                     Some(end) => pos = end,
                     None => return Ok(None),
                 }
             }
             Ok(Some(pos))
         }
-        _ => Err(Invalid("unknown type byte")),
+        _ => Err(Invalid("unknown type byte").into()),
     }
 }
 
@@ -160,7 +195,10 @@ fn decode(input: &[u8]) -> Result<(Value<'_>, usize), Invalid> {
             -1 => Value::Array(None),
             count => {
                 // The array's extent was checked; its elements are read lazily.
-                let end = check(input, 0, 0, usize::MAX)?.ok_or(Invalid("incomplete"))?;
+                let end = match check(input, 0, 0, usize::MAX, false) {
+                    Ok(Some(end)) => end,
+                    _ => return Err(Invalid("incomplete")),
+                };
                 let items = Items { rest: &input[next..end], left: count as usize };
                 return Ok((Value::Array(Some(items)), end));
             }
@@ -249,7 +287,7 @@ mod tests {
     use super::*;
 
     fn one(input: &[u8]) -> Value<'_> {
-        let (value, used) = parse(input, 1 << 20).unwrap().unwrap();
+        let Ok(Parsed::Value(value, used)) = parse(input, 1 << 20) else { panic!("not a value") };
         assert_eq!(used, input.len());
         value
     }
@@ -279,9 +317,9 @@ mod tests {
         let whole: &[u8] = b"*3\r\n$9\r\nsubscribe\r\n$5\r\nw:abc\r\n:12\r\n+OK\r\n";
         let first = whole.len() - 5;
         for cut in 0..first {
-            assert_eq!(parse(&whole[..cut], 100), Ok(None), "cut at {cut}");
+            assert_eq!(parse(&whole[..cut], 100), Ok(Parsed::Incomplete), "cut at {cut}");
         }
-        let (_, used) = parse(whole, 100).unwrap().unwrap();
+        let Ok(Parsed::Value(_, used)) = parse(whole, 100) else { panic!() };
         assert_eq!(used, first, "stops after the first value");
     }
 
@@ -306,6 +344,17 @@ mod tests {
         assert!(parse(&long, 10).is_err(), "an endless line is refused, not buffered");
         let deep = b"*1\r\n".repeat(MAX_DEPTH + 1);
         assert!(parse(&deep, 10).is_err());
+    }
+
+    #[test]
+    fn a_push_ending_in_an_oversize_string_is_found_from_its_head() {
+        let head = b"*3\r\n$7\r\nmessage\r\n$3\r\nw:a\r\n$1000000\r\n";
+        assert_eq!(parse(head, 100), Ok(Parsed::Oversize { head: head.len(), skip: 1_000_002 }));
+        assert_eq!(parse(&head[..head.len() - 1], 100), Ok(Parsed::Incomplete), "its length line first");
+        // Elsewhere an oversize string is still invalid: nothing to skip to.
+        assert!(parse(b"*2\r\n$1000\r\n", 100).is_err(), "not the last element");
+        assert!(parse(b"$1000\r\n", 100).is_err(), "not in an array");
+        assert!(parse(b"*1\r\n*1\r\n$1000\r\n", 100).is_err(), "nested");
     }
 
     #[test]
