@@ -101,6 +101,8 @@ struct EventLoop {
     started: Instant,
     now: Millis,
     accept_paused_until: Option<Millis>,
+    /// Accepting fails (logged once until it works again).
+    accept_failing: bool,
     /// With `--redis`: the sockets of the two links.
     redis: Option<RedisSockets>,
 }
@@ -111,8 +113,10 @@ impl Server {
         config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let verifier = Verifier::from_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = load_tls(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let poll = Poll::new()?;
+        // Before anything else opens a descriptor: fd 3 is checked as it
+        // was inherited.
         let inherited = if config.systemd { crate::systemd::inherited_listener()? } else { None };
+        let poll = Poll::new()?;
         let mut listener = match inherited {
             Some(listener) => TcpListener::from_std(listener),
             None => bind_listener(config.listen, config.reuse_port)?,
@@ -191,6 +195,7 @@ impl Server {
             started: Instant::now(),
             now: 0,
             accept_paused_until: None,
+            accept_failing: false,
             redis: self.redis,
         };
         if systemd {
@@ -309,6 +314,7 @@ impl EventLoop {
             };
             match listener.accept() {
                 Ok((mut stream, addr)) => {
+                    self.accept_failing = false;
                     if !self.hub.admit(addr, self.now) {
                         // Closed at once: dropping the stream closes it.
                         continue;
@@ -371,17 +377,27 @@ impl EventLoop {
                         Err(_) => return,
                     }
                 }
-                Err(e) if is_out_of_descriptors(&e) || is_out_of_memory(&e) => {
-                    // The pending connections stay in the backlog; retrying
-                    // at once would spin. Try again shortly.
-                    if refusals == 0 {
-                        warn!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                // A peer that was gone before we accepted it (accept(2): treat
+                // these like EAGAIN and retry), a bounded number per turn.
+                Err(e) if is_peer_gone(&e) && refusals < REFUSALS_PER_TURN => {
+                    refusals += 1;
+                    debug!("accept: {e}");
+                }
+                Err(e) => {
+                    // Out of descriptors or memory (the pending connections
+                    // stay in the backlog), or an error retrying cannot cure:
+                    // retrying at once would spin. Try again shortly, and say
+                    // so once until an accept succeeds again.
+                    if !std::mem::replace(&mut self.accept_failing, true) {
+                        warn!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} at a time");
+                    } else {
+                        debug!("cannot accept: {e}");
                     }
-                    let backoff = if refusals > 0 { 0 } else { ACCEPT_BACKOFF.as_millis() as Millis };
+                    let resource = is_out_of_descriptors(&e) || is_out_of_memory(&e);
+                    let backoff = if refusals > 0 && resource { 0 } else { ACCEPT_BACKOFF.as_millis() as Millis };
                     self.accept_paused_until = Some(self.now + backoff);
                     return;
                 }
-                Err(e) => debug!("accept: {e}"),
             }
         }
     }
@@ -608,6 +624,26 @@ struct Slot {
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// The network errors accept(2) passes on from a connection that failed
+/// before it was accepted.
+fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
 }
 
 fn is_out_of_memory(e: &io::Error) -> bool {

@@ -5,34 +5,66 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::FromRawFd;
+use std::os::fd::{BorrowedFd, FromRawFd};
 use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const FIRST_FD: i32 = 3;
 
+/// fd 3 was taken by this process already: it has one owner, once.
+static ADOPTED: AtomicBool = AtomicBool::new(false);
+
 /// The listening socket systemd passed to this process, if it did: when
 /// `LISTEN_PID` names this process and `LISTEN_FDS` is at least 1, fd 3.
 /// Further sockets are not used (the admin listener binds its own address).
+///
+/// fd 3 is checked through a borrowed descriptor before anything owns it:
+/// it must be open, a stream socket of an Internet family, and listening.
+/// Anything else (fd 3 absent, so that it is now some descriptor of our
+/// own; a UDP, Unix, connected or non-listening socket, which would make
+/// `accept` fail forever) stops startup with an error that says which.
 pub fn inherited_listener() -> io::Result<Option<TcpListener>> {
     let ours = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
     if !ours || count == 0 {
         return Ok(None);
     }
+    let refuse = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("LISTEN_FDS: fd 3 {why}"));
+    if ADOPTED.swap(true, Ordering::SeqCst) {
+        return Err(refuse("was taken by this process already (one server per socket)".into()));
+    }
     if count > 1 {
         log::warn!("systemd passed {count} sockets; using the first (fd 3) for /ws");
     }
-    // SAFETY: by the socket activation protocol, fd 3 is a descriptor this
-    // process inherited for exactly this use (LISTEN_PID names us) and
-    // nothing else in the process owns or closes it; it is taken here once,
-    // at bind, so the listener is its only owner.
+    // SAFETY: fcntl(F_GETFD) reads a descriptor's flags; on a descriptor
+    // that is not open it fails with EBADF and touches nothing.
+    #[allow(unsafe_code)]
+    if unsafe { libc::fcntl(FIRST_FD, libc::F_GETFD) } == -1 {
+        return Err(refuse(format!("is not open: {}", io::Error::last_os_error())));
+    }
+    // SAFETY: fd 3 was just seen open, and nothing closes it while it is
+    // borrowed here (startup runs on one thread, before the loop).
+    #[allow(unsafe_code)]
+    let borrowed = unsafe { BorrowedFd::borrow_raw(FIRST_FD) };
+    let socket = socket2::SockRef::from(&borrowed);
+    let kind = socket.r#type().map_err(|e| refuse(format!("is not a socket: {e}")))?;
+    if kind != socket2::Type::STREAM {
+        return Err(refuse("is not a stream socket (a UDP or datagram socket unit?)".into()));
+    }
+    let addr = socket.local_addr().map_err(|e| refuse(format!("has no address: {e}")))?;
+    let Some(addr) = addr.as_socket() else {
+        return Err(refuse("is not a TCP socket (a Unix socket unit?)".into()));
+    };
+    if !socket.is_listener().map_err(|e| refuse(format!("cannot be inspected: {e}")))? {
+        return Err(refuse("is not listening (ListenStream= in the socket unit?)".into()));
+    }
+    socket.set_cloexec(true)?;
+    socket.set_nonblocking(true)?;
+    // SAFETY: fd 3 is an open, listening TCP socket passed for exactly this
+    // use (LISTEN_PID names us); `ADOPTED` makes this the only owner ever.
+    #[allow(unsafe_code)]
     let listener = unsafe { TcpListener::from_raw_fd(FIRST_FD) };
-    // Not a TCP socket (a Unix or UDP socket unit by mistake): say so.
-    let addr = listener.local_addr().map_err(|e| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("socket from systemd (fd 3) is not a TCP listener: {e}"))
-    })?;
-    listener.set_nonblocking(true)?;
     log::info!("using the listening socket systemd passed ({addr}) instead of binding --listen");
     Ok(Some(listener))
 }

@@ -115,3 +115,83 @@ fn the_unit_files_pass_systemd_analyze_verify() {
     assert!(out.status.success() && complaints.trim().is_empty(), "{complaints}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs the hub with fd 3 set up by `setup` (a bash redirection, or
+/// nothing: fd 3 closed) and `LISTEN_FDS=1` naming it; returns the exit
+/// status and what it printed, or panics if it keeps running.
+fn run_with_fd3(setup: &str) -> (std::process::ExitStatus, String) {
+    let script = format!("{setup}; export LISTEN_PID=$$ LISTEN_FDS=1; exec \"$@\" --listen 127.0.0.1:0");
+    let mut command = Command::new("bash");
+    command.args(["-c", &script, "wshub"]).args(wshub_argv());
+    let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+        log
+    });
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            // Still running: it adopted the wrong socket.
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (status, reader.join().unwrap())
+}
+
+#[test]
+fn an_inherited_fd_3_that_is_not_a_listening_tcp_socket_stops_startup() {
+    let tcp_peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let connected = format!("exec 3<>/dev/tcp/127.0.0.1/{}", tcp_peer.local_addr().unwrap().port());
+    for (setup, why) in [
+        ("exec 3>&-", "is not open"),
+        ("exec 3</dev/null", "is not a socket"),
+        (connected.as_str(), "is not listening"),
+    ] {
+        let (status, log) = run_with_fd3(setup);
+        assert!(!status.success() && status.code().is_some(), "{setup}: exited with an error ({status}): {log}");
+        // (Under qemu-user a closed fd 3 may hold the emulator's own file.)
+        let said = log.contains(why) || (emulated() && why == "is not open" && log.contains("is not a socket"));
+        assert!(log.contains("LISTEN_FDS: fd 3") && said, "{setup}: says why: {log}");
+        assert!(!log.contains("listening on"), "{setup}: never claimed to listen: {log}");
+    }
+}
+
+#[test]
+fn a_datagram_socket_from_systemd_stops_startup() {
+    if !std::path::Path::new("/usr/bin/systemd-socket-activate").exists() {
+        assert!(std::env::var_os("WSHUB_SKIP_SYSTEMD").is_some(), "needs systemd-socket-activate");
+        return;
+    }
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut command = Command::new("systemd-socket-activate");
+    command.args(["--datagram", "-l", &format!("127.0.0.1:{port}")]).args(wshub_argv());
+    let mut child = command.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // A datagram socket starts the program at the first datagram.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut log = String::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !log.contains("LISTEN_FDS") && std::time::Instant::now() < deadline {
+        udp.send_to(b"wake", ("127.0.0.1", port)).unwrap();
+        if let Ok(line) = received.recv_timeout(std::time::Duration::from_millis(100)) {
+            log.push_str(&line);
+            log.push('\n');
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("is not a stream socket"), "{log}");
+}
