@@ -13,6 +13,7 @@ use log::LevelFilter;
 use crate::logger::LogFormat;
 use crate::origin::{OriginPolicy, parse_host_name};
 use crate::redis::RedisUrl;
+use crate::topic::check_channel_prefix;
 
 /// Everything the server can be told. `Default` matches the binary's defaults.
 /// (No `PartialEq`: it will hold key material.)
@@ -423,8 +424,10 @@ impl Config {
             "no-client-publish" => self.no_client_publish = switch(value)?,
             "demo" => self.demo = switch(value)?,
             "redis" => self.redis = Some(RedisUrl::parse(value)?),
-            "redis-prefix" if value.len() > 256 => return Err("at most 256 bytes".into()),
-            "redis-prefix" => self.redis_prefix = value.to_string(),
+            "redis-prefix" => {
+                check_channel_prefix(value)?;
+                self.redis_prefix = value.to_string();
+            }
             "reuse-port" => self.reuse_port = switch(value)?,
             "tls-cert" => self.tls_cert = Some(path(value)?),
             "tls-key" => self.tls_key = Some(path(value)?),
@@ -567,6 +570,7 @@ mod tests {
         assert_eq!(scaled.redis_prefix, "wshub:");
         assert!(scaled.reuse_port);
         assert_eq!(config(&[], &[("WSHUB_REDIS_PREFIX", "app1:")]).redis_prefix, "app1:");
+        assert_eq!(config(&["--redis-prefix", "tenant-7/"], &[]).redis_prefix, "tenant-7/");
     }
 
     #[test]
@@ -582,6 +586,10 @@ mod tests {
             (&["--no-client-publish=yes"], "takes no value"),
             (&["--log-format", "xml"], "--log-format"),
             (&["--redis", "localhost:6379"], "--redis"),
+            (&["--redis-prefix", "wshub:b:"], "--redis-prefix"),
+            (&["--redis-prefix", "app"], "--redis-prefix"),
+            (&["--redis-prefix", ""], "--redis-prefix"),
+            (&["--redis-prefix", "a b:"], "--redis-prefix"),
         ] {
             let err = parse(args, &[]).unwrap_err();
             assert!(err.contains(needle), "{err}");

@@ -359,10 +359,13 @@ fn head_and_body(status: u16, content_type: &str, body: &str, allow: &str, with_
     out
 }
 
-/// The response for a rejected request, body naming the reason.
+/// The response for a rejected request, body naming the reason; a 401
+/// says only that a valid token is needed (why this one was not, and which
+/// key types the hub holds, go to the log).
 pub fn rejection_response(rejection: Rejection) -> Vec<u8> {
-    let mut body = String::with_capacity(rejection.reason.len() + 1);
-    let _ = writeln!(body, "{}", rejection.reason);
+    let reason = if rejection.status == 401 { "a valid token is needed" } else { rejection.reason };
+    let mut body = String::with_capacity(reason.len() + 1);
+    let _ = writeln!(body, "{reason}");
     head_and_body(rejection.status, "text/plain; charset=utf-8", &body, rejection.allow, true)
 }
 

@@ -33,6 +33,31 @@ impl fmt::Display for TopicError {
 
 impl std::error::Error for TopicError {}
 
+/// A byte a topic name may hold.
+pub fn is_topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':')
+}
+
+/// Checks a `--redis-prefix`. Channels are prefix + topic, and topics may
+/// hold `:`, so nested prefixes would share channels (`wshub:` with topic
+/// `b:x` is `wshub:b:` with topic `x`). The rule that keeps every prefix's
+/// channels apart: a name of `A-Z a-z 0-9 . _ -` (no `:`), then one
+/// separator that is `:` or a character no topic holds. The first
+/// separator-like character of a channel then ends its prefix.
+pub fn check_channel_prefix(prefix: &str) -> Result<(), &'static str> {
+    let Some((&separator, name)) = prefix.as_bytes().split_last() else {
+        return Err("must not be empty (channels of different prefixes would meet)");
+    };
+    let plain = |b: u8| is_topic_byte(b) && b != b':';
+    if !name.iter().all(|&b| plain(b)) || plain(separator) || prefix.len() > 256 || !separator.is_ascii_graphic() {
+        return Err(
+            "must be a name of A-Z a-z 0-9 . _ - then one ':' (or another separator no topic holds, e.g. '/'), \
+                    like the default wshub: (so that no prefix's channels meet another's)",
+        );
+    }
+    Ok(())
+}
+
 impl Topic {
     pub fn new(name: &str) -> Result<Topic, TopicError> {
         if name.is_empty() {
@@ -41,8 +66,7 @@ impl Topic {
         if name.len() > 64 {
             return Err(TopicError::TooLong);
         }
-        let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':');
-        if !name.bytes().all(ok) {
+        if !name.bytes().all(is_topic_byte) {
             return Err(TopicError::BadChar);
         }
         Ok(Topic(name.into()))
@@ -99,6 +123,28 @@ pub fn topics_from_query(query: Option<&str>) -> Result<Vec<Topic>, TopicError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_prefixes_never_share_channels() {
+        let good = ["wshub:", "app1:", "a-b.c_d:", ":", "tenant/"];
+        for prefix in good {
+            assert_eq!(check_channel_prefix(prefix), Ok(()), "{prefix}");
+        }
+        for bad in ["", "wshub", "wshub:b:", "a:b/", "a b:", "wshub::", "x\n:", "é:"] {
+            assert!(check_channel_prefix(bad).is_err(), "{bad:?}");
+        }
+        // No two valid prefixes give one channel for two topics.
+        let topics = ["b", "b:secret", "secret", ":", "x:y:z", "a-b.c_d:e"];
+        let mut seen = std::collections::HashMap::new();
+        for prefix in good.iter().chain(&["wshub-b:", "b:", "wshub/"]) {
+            for topic in topics {
+                let channel = format!("{prefix}{topic}");
+                if let Some(other) = seen.insert(channel.clone(), (prefix, topic)) {
+                    panic!("{channel} is {other:?} and {:?}", (prefix, topic));
+                }
+            }
+        }
+    }
 
     #[test]
     fn valid_and_invalid_names() {

@@ -207,6 +207,9 @@ fn public_keys_es256_and_eddsa_with_rotation() {
         token("HS256", claims, |m| hmac::sign(&key, m).as_ref().to_vec())
     };
     assert_eq!(upgrade_status(&hub, &format!("/ws?token={confused}"), ""), 401);
+    // The answer does not say which key types the hub holds (the log does).
+    let response = http(hub.addr, upgrade_request(&format!("/ws?token={confused}")).as_bytes());
+    assert!(response.ends_with("\r\n\r\na valid token is needed\n"), "{response}");
     let mislabelled = token("ES256", claims, |m| new_ed.sign(m).as_ref().to_vec());
     assert_eq!(upgrade_status(&hub, &format!("/ws?token={mislabelled}"), ""), 401);
 }

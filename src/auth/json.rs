@@ -42,6 +42,17 @@ pub fn parse(input: &[u8]) -> Result<Value, &'static str> {
     Ok(value)
 }
 
+/// Refuses an object with a member name twice, in O(n log n) (a pairwise
+/// check is quadratic, and a header is parsed before its signature).
+fn unique(members: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, &'static str> {
+    let mut names: Vec<&str> = members.iter().map(|(name, _)| name.as_str()).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|pair| pair[0] == pair[1]) {
+        return Err("duplicate member name");
+    }
+    Ok(members)
+}
+
 struct Parser<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -98,9 +109,6 @@ impl Parser<'_> {
                 return Err("expected a member name");
             }
             let name = self.string()?;
-            if members.iter().any(|(n, _)| *n == name) {
-                return Err("duplicate member name");
-            }
             self.skip_whitespace();
             self.expect(b":")?;
             let value = self.value(depth + 1)?;
@@ -110,7 +118,7 @@ impl Parser<'_> {
                 Some(b',') => self.at += 1,
                 Some(b'}') => {
                     self.at += 1;
-                    return Ok(Value::Object(members));
+                    return unique(members).map(Value::Object);
                 }
                 _ => return Err("expected ',' or '}'"),
             }

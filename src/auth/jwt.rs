@@ -21,6 +21,10 @@ use crate::der::Der;
 
 /// Longest token accepted (the request head is bounded anyway).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest header accepted, base64url (1 KiB once decoded): it is parsed
+/// before the signature is checked, so anyone can send one. A real header
+/// is `alg`, `typ` and maybe `kid`: a few dozen bytes.
+const MAX_HEADER_B64: usize = 1368;
 /// The configured keys and claim requirements.
 pub struct Verifier {
     hmac: Option<hmac::Key>,
@@ -104,6 +108,9 @@ impl Verifier {
         else {
             return Err("not a compact JWS (three dot-separated parts)");
         };
+        if header.len() > MAX_HEADER_B64 {
+            return Err("header too long");
+        }
         let header = base64::decode_url(header.as_bytes()).ok_or("header is not base64url")?;
         let header = json::parse(&header).map_err(|_| "header is not JSON")?;
         if header.get("crit").is_some() {
@@ -225,6 +232,14 @@ fn time_claim(claims: &Value, name: &str) -> Result<Option<u64>, Refusal> {
 fn load_secret(path: &Path) -> Result<hmac::Key, String> {
     let bytes = fs::read(path).map_err(|e| format!("--jwt-secret-file {}: {e}", path.display()))?;
     let secret = bytes.strip_suffix(b"\n").map(|s| s.strip_suffix(b"\r").unwrap_or(s)).unwrap_or(&bytes);
+    // A PEM key used as an HMAC secret: anyone with the public key could
+    // sign tokens (the classic HS256/RS256 confusion, from the other side).
+    if secret.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Err(format!(
+            "--jwt-secret-file {}: this is a PEM key, not a shared secret (a public key goes to --jwt-public-key-file)",
+            path.display()
+        ));
+    }
     // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
     if secret.len() < 32 {
         return Err(format!("--jwt-secret-file {}: the secret must be at least 32 bytes", path.display()));
@@ -439,6 +454,65 @@ pub(crate) mod tests {
         let stranger = Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
         let token = signed_with("EdDSA", "{}", |m| stranger.sign(m).as_ref().to_vec());
         assert_eq!(v.verify(&token, NOW), Err("bad signature"));
+    }
+
+    #[test]
+    fn a_header_is_bounded_before_it_is_parsed() {
+        // 600 members: a quadratic duplicate check made this cost 23x an
+        // upgrade, before any signature was looked at.
+        let members: Vec<String> = (0..600).map(|i| format!("\"m{i}\":0")).collect();
+        let header = b64url(format!("{{\"alg\":\"HS256\",{}}}", members.join(",")).as_bytes());
+        let token = format!("{header}.{}.{}", b64url(b"{}"), b64url(&[0; 32]));
+        assert_eq!(verifier().verify(&token, NOW), Err("header too long"));
+        // Within the bound, a duplicate is still found.
+        let twice = b64url(br#"{"alg":"HS256","typ":"JWT","alg":"none"}"#);
+        let token = format!("{twice}.{}.{}", b64url(b"{}"), b64url(&[0; 32]));
+        assert_eq!(verifier().verify(&token, NOW), Err("header is not JSON"));
+    }
+
+    #[test]
+    fn es256_signatures_verify_in_either_s_form() {
+        // ECDSA's (r, s) and (r, n - s) both verify. Mainstream signers
+        // (OpenSSL, Go, WebCrypto, ring) do not normalise s, so refusing the
+        // high form would refuse about half of their tokens; the hub keys
+        // nothing by a token's bytes, so a second spelling gains nothing:
+        // same claims, same expiry. This pins that decision.
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc, 0xe6,
+            0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+        ];
+        let rng = SystemRandom::new();
+        let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let ec =
+            EcdsaKeyPair::from_pkcs8(alg, EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap().as_ref(), &rng).unwrap();
+        let public = vec![parse_spki(&[P256_SPKI_PREFIX, ec.public_key().as_ref()].concat()).unwrap()];
+        let v = Verifier { hmac: None, public, ..verifier() };
+        let sig = std::cell::RefCell::new(Vec::new());
+        let token = signed_with("ES256", r#"{"sub":"s","exp":2000000000}"#, |m| {
+            *sig.borrow_mut() = ec.sign(&rng, m).unwrap().as_ref().to_vec();
+            sig.borrow().clone()
+        });
+        let mut other = sig.borrow().clone();
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(N[i]) - i16::from(other[32 + i]) - borrow;
+            borrow = i16::from(d < 0);
+            other[32 + i] = d.rem_euclid(256) as u8;
+        }
+        let (head, _) = token.rsplit_once('.').unwrap();
+        let respelled = format!("{head}.{}", b64url(&other));
+        assert_ne!(respelled, token);
+        assert_eq!(v.verify(&respelled, NOW), v.verify(&token, NOW));
+        assert!(v.verify(&token, NOW).is_ok());
+    }
+
+    #[test]
+    fn a_pem_key_is_not_an_hmac_secret() {
+        let path = std::env::temp_dir().join(format!("wshub-jwt-pem-secret-{}", std::process::id()));
+        std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAIjMY0socwbtW1U1HsGwQb30yO++0pulk82Ux3r52W2I=\n-----END PUBLIC KEY-----\n").unwrap();
+        let err = load_secret(&path).err().unwrap();
+        assert!(err.contains("PEM key"), "{err}");
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
