@@ -37,7 +37,7 @@ if [ -n "$ACROSS" ]; then
   LOADGEN_EXTRA=(--publish-addr "127.0.0.1:$A_PORT")
 fi
 OUT=$(mktemp /tmp/wshub-callgrind.XXXXXX)
-WSHUB_MAX_CONNECTIONS_PER_IP=20000 WSHUB_MAX_PENDING=20000 valgrind --tool=callgrind --callgrind-out-file="$OUT" \
+WSHUB_MAX_CONNECTIONS_PER_IP=20000 WSHUB_MAX_PENDING=20000 WSHUB_CONNECTION_RATE_PER_IP=0 valgrind --tool=callgrind --callgrind-out-file="$OUT" \
   "$BIN" --listen "127.0.0.1:$PORT" --log-level warn "$@" 2>/dev/null &
 HUB=$!
 PIDS+=("$HUB")

@@ -13,9 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::auth::{Claims, Grant, Verifier};
 use crate::config::Config;
-use crate::connection::Millis;
 use crate::http::{Credentials, PublishHead, Rejection, Request, Upgrade};
 use crate::origin::known_host;
+use crate::time::Millis;
 
 /// Where a request came in: the peer's address (from `accept`), and
 /// whether its listener speaks TLS (an `https` page is same-origin only

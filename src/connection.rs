@@ -28,10 +28,8 @@ use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, Shared
 use crate::http::{self, PublishHead, Rejection, Request};
 pub use crate::reason::Reason;
 use crate::send_queue::{QueueLimits, SendQueue};
+use crate::time::{Millis, NEVER, millis};
 use crate::topic::Topic;
-
-/// Milliseconds since the server started: the loop's coarse clock.
-pub type Millis = u64;
 
 /// Pongs queued (unsent) before further pings are answered only for the
 /// latest: Autobahn expects each of 10 pings in a row answered; an attacker's
@@ -45,8 +43,6 @@ const TOKEN_EXPIRED: ProtocolError = ProtocolError { code: CloseCode::Policy, re
 const MESSAGE_TIMEOUT: ProtocolError =
     ProtocolError { code: CloseCode::Policy, reason: "message not completed within --message-timeout" };
 
-/// "No time": no message is partly received.
-const NEVER: Millis = Millis::MAX;
 /// The page `--demo` serves at `GET /`: one self-contained file.
 const DEMO_PAGE: &str = include_str!("demo.html");
 
@@ -138,12 +134,16 @@ pub struct Connection {
 
 /// Token buckets for a client's data messages and bytes: each refills at its
 /// rate per second and holds at most one second's worth (the burst). A
-/// client that goes into debt is not read until the debt is paid.
+/// client whose message bucket is under one message, or whose byte bucket
+/// is in debt, has none of its further input processed until it is back:
+/// what it sent meanwhile waits in `held` (one read's worth at most, since
+/// it is not read while throttled).
 #[derive(Debug)]
 struct RateLimit {
     messages: f64,
     bytes: f64,
     refilled: Millis,
+    held: Vec<u8>,
 }
 
 impl RateLimit {
@@ -155,16 +155,14 @@ impl RateLimit {
         self.bytes = (self.bytes + per_byte * elapsed).min(per_byte);
     }
 
-    /// When the debt (if any) is paid, at the configured rates.
+    /// When the client is back under its rates (a whole message in the
+    /// bucket, no byte debt), if it is over them now.
     fn resume_at(&self, config: &Config) -> Option<Millis> {
-        let wait = |tokens: f64, rate: usize| if tokens < 0.0 && rate > 0 { -tokens / rate as f64 } else { 0.0 };
-        let secs = wait(self.messages, config.rate_limit_messages).max(wait(self.bytes, config.rate_limit_bytes));
+        let wait = |missing: f64, rate: usize| if missing > 0.0 && rate > 0 { missing / rate as f64 } else { 0.0 };
+        let secs =
+            wait(1.0 - self.messages, config.rate_limit_messages).max(wait(-self.bytes, config.rate_limit_bytes));
         (secs > 0.0).then(|| self.refilled + (secs * 1000.0).ceil() as Millis)
     }
-}
-
-fn millis(d: Duration) -> Millis {
-    d.as_millis().try_into().unwrap_or(Millis::MAX)
 }
 
 impl Connection {
@@ -187,21 +185,60 @@ impl Connection {
         matches!(self.phase, Phase::Request { .. } | Phase::PublishBody { .. })
     }
 
-    /// Bytes this connection holds of what it received and has not finished
-    /// (a request head, a publish body, a partly received message).
-    pub fn inbound_bytes(&self) -> usize {
-        match &self.phase {
+    /// Bytes this connection holds: of what it received and has not
+    /// finished (a request head, a publish body, a partly received message,
+    /// input held while over its rate), and its queue's slots (the frames
+    /// themselves are counted where they are made, once).
+    pub fn held_bytes(&self) -> usize {
+        let input = match &self.phase {
             Phase::Request { buf, .. } => buf.capacity(),
             Phase::PublishBody { body, .. } => body.capacity(),
             Phase::Open { decoder, .. } => decoder.buffered_bytes(),
             Phase::Publishing | Phase::Closing { .. } => 0,
-        }
+        };
+        input + self.rate.as_ref().map_or(0, |rate| rate.held.capacity()) + self.queue.slot_bytes()
     }
 
     /// While the client is over its inbound rate limit: when it may be read
     /// again.
     pub fn throttled_until(&self, config: &Config) -> Option<Millis> {
         self.rate.as_ref().and_then(|rate| rate.resume_at(config))
+    }
+
+    /// Keeps input that came while over the rate limit, for when the client
+    /// is back under it.
+    pub fn hold_input(&mut self, bytes: &[u8]) {
+        if let Some(rate) = self.rate.as_mut() {
+            rate.held.extend_from_slice(bytes);
+        }
+    }
+
+    /// The input held while over the rate limit, to process now.
+    pub fn take_held_input(&mut self) -> Vec<u8> {
+        self.rate.as_mut().map(|rate| std::mem::take(&mut rate.held)).unwrap_or_default()
+    }
+
+    /// When [`tick`](Connection::tick) next has something to do: the
+    /// earliest of its deadlines (the request's, the ping or idle one, an
+    /// unfinished message's, the token's expiry, a stalled queue's, the
+    /// linger's). Moving a deadline later needs no call: a tick at the old
+    /// time finds nothing due and the next one is asked for.
+    pub fn next_deadline(&self, config: &Config) -> Millis {
+        let stall =
+            if self.queue.is_empty() { NEVER } else { self.last_progress.saturating_add(millis(config.write_timeout)) };
+        let phase = match &self.phase {
+            Phase::Request { since, .. } | Phase::PublishBody { since, .. } => {
+                since.saturating_add(millis(config.handshake_timeout))
+            }
+            Phase::Publishing => NEVER,
+            Phase::Open { last_heard, ping_sent, message_since, expires_at, .. } => {
+                let silence = if *ping_sent { config.idle_timeout } else { config.ping_interval };
+                let message = message_since.saturating_add(millis(config.message_timeout));
+                last_heard.saturating_add(millis(silence)).min(message).min(*expires_at)
+            }
+            Phase::Closing { linger_until } => linger_until.unwrap_or(NEVER),
+        };
+        stall.min(phase)
     }
 
     /// This connection came in on the admin listener.
@@ -362,7 +399,12 @@ impl Connection {
                         let (messages, bytes) = (ctx.config.rate_limit_messages, ctx.config.rate_limit_bytes);
                         // Off is "unlimited": a bucket that never runs dry.
                         let full = |rate: usize| if rate == 0 { f64::INFINITY } else { rate as f64 };
-                        let bucket = RateLimit { messages: full(messages), bytes: full(bytes), refilled: ctx.now };
+                        let bucket = RateLimit {
+                            messages: full(messages),
+                            bytes: full(bytes),
+                            refilled: ctx.now,
+                            held: Vec::new(),
+                        };
                         self.rate = Some(Box::new(bucket));
                     }
                     Action::Subscribe(upgrade.topics, admitted.publish_mask)

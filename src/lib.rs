@@ -15,6 +15,7 @@
 
 mod admission;
 mod auth;
+mod authority;
 mod config;
 mod connection;
 #[cfg(any(feature = "tls", feature = "jwt"))]
@@ -22,6 +23,7 @@ mod der;
 mod frame;
 mod http;
 mod hub;
+mod log_limit;
 mod logger;
 mod metrics;
 mod origin;
@@ -34,6 +36,7 @@ mod server;
 mod stats;
 mod subscriptions;
 mod systemd;
+mod time;
 #[cfg(feature = "tls")]
 mod tls;
 mod topic;
@@ -59,7 +62,7 @@ pub mod testing {
     pub use crate::admission::Admission;
     #[cfg(feature = "jwt")]
     pub use crate::auth::{Verifier, parse_json};
-    pub use crate::connection::{Action, Connection, Context, Millis, Reason};
+    pub use crate::connection::{Action, Connection, Context, Reason};
     pub use crate::frame::{FrameDecoder, MessageKind, SharedFrame, encode_client, encode_message};
     pub use crate::http::{
         Request, head_complete as http_head_complete, parse_request, plausible_start as http_plausible_start,
@@ -69,6 +72,7 @@ pub mod testing {
     #[cfg(feature = "redis")]
     pub use crate::redis::{Bridge, Incoming, Role};
     pub use crate::send_queue::CORK_BYTES;
+    pub use crate::time::Millis;
     #[cfg(feature = "tls")]
     pub use crate::tls::{TlsSession, test_peer};
     pub use crate::transport::{Input, TlsFailure, Transport};

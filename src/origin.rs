@@ -28,31 +28,12 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-/// Splits `host[:port]` (IPv6 literals in brackets); the port is `None`
-/// when absent. `None` for a malformed value.
+/// Splits `host[:port]`, the host lowercased (an IPv6 literal keeps its
+/// brackets, so it compares as written); `None` for a malformed value.
 fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after {
-            "" => None,
-            p => Some(p.strip_prefix(':')?),
-        };
-        (format!("[{}]", host.to_ascii_lowercase()), port)
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host.to_ascii_lowercase(), Some(port)),
-            None => (authority.to_ascii_lowercase(), None),
-        }
-    };
-    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
-        return None;
-    }
-    let port = match port {
-        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
-        Some(_) => return None,
-        None => None,
-    };
-    Some((host, port))
+    let parsed = crate::authority::parse(authority).ok()?;
+    let host = parsed.host.to_ascii_lowercase();
+    Some((if parsed.bracketed { format!("[{host}]") } else { host }, parsed.port))
 }
 
 /// The default port of the listener's own scheme.

@@ -9,6 +9,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::frame::ProtocolError;
 use crate::http::Rejection;
+use crate::log_limit::LineLimiter;
 
 /// Why a connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,34 +197,26 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Log lines per reason per second; the rest are counted and the count is
-/// reported on the next line of that reason. A peer can trigger these lines,
-/// so it must not be able to flood the log (or stall the loop on it).
+/// Exit log lines per reason per second; the rest are counted and the
+/// count is reported on the next line of that reason. A peer can trigger
+/// these lines, so it must not be able to flood the log (or stall the loop
+/// on it).
 const LINES_PER_SECOND: u32 = 20;
 
-/// Rate limits log lines per [`Exit`] reason, one-second windows.
-#[derive(Debug, Default)]
-pub struct LogLimiter {
-    window_start: [u64; Exit::ALL.len()],
-    lines: [u32; Exit::ALL.len()],
-    suppressed: [u64; Exit::ALL.len()],
+/// The exit lines' budgets, one per [`Exit`] reason.
+#[derive(Debug)]
+pub struct LogLimiter([LineLimiter; Exit::ALL.len()]);
+
+impl Default for LogLimiter {
+    fn default() -> LogLimiter {
+        LogLimiter([LineLimiter::new(1000, LINES_PER_SECOND); Exit::ALL.len()])
+    }
 }
 
 impl LogLimiter {
-    /// `None`: do not log this one (it is counted). `Some(n)`: log it, after
-    /// `n` lines of the same reason were suppressed.
+    /// See [`LineLimiter::admit`].
     pub fn admit(&mut self, exit: Exit, now_ms: u64) -> Option<u64> {
-        let i = exit as usize;
-        if now_ms >= self.window_start[i] + 1000 {
-            self.window_start[i] = now_ms;
-            self.lines[i] = 0;
-        }
-        if self.lines[i] >= LINES_PER_SECOND {
-            self.suppressed[i] += 1;
-            return None;
-        }
-        self.lines[i] += 1;
-        Some(std::mem::take(&mut self.suppressed[i]))
+        self.0[exit as usize].admit(now_ms)
     }
 }
 

@@ -100,6 +100,11 @@ impl SendQueue {
         self.pending
     }
 
+    /// Memory the queue's slots take (the frames are counted elsewhere).
+    pub fn slot_bytes(&self) -> usize {
+        self.frames.capacity() * std::mem::size_of::<SharedFrame>()
+    }
+
     /// Drops every frame not yet started, keeping a partly written front
     /// frame so the stream stays well framed for a final close.
     pub fn discard_unstarted(&mut self) {

@@ -10,8 +10,6 @@
 //! `--redis`, `server/redis.rs` moves the bytes of the two Redis links the
 //! same way.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
@@ -24,12 +22,12 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::connection::Millis;
 use crate::frame::{self, MessageKind};
-use crate::hub::{ClientId, Hub};
+use crate::hub::Hub;
 use crate::publisher::{Message, Publisher, Shared};
 use crate::redis::Role;
-use crate::transport::{Input, Stream, Transport};
+use crate::time::Millis;
+use crate::transport::{Stream, Transport};
 
 #[cfg(not(feature = "redis"))]
 mod no_redis;
@@ -87,13 +85,6 @@ struct EventLoop {
     /// TLS settings, when the listener speaks TLS.
     tls: Option<TlsConfig>,
     scratch: Vec<u8>,
-    /// Clients with more to read after their share of this turn (one full
-    /// read), served next turn; each listed once.
-    read_again: Vec<ClientId>,
-    /// Per client id: listed in `read_again`, or in `throttled`.
-    slots: Vec<Slot>,
-    /// Clients over their inbound rate limit, by when they may be read.
-    throttled: BinaryHeap<Reverse<(Millis, ClientId)>>,
     /// A descriptor kept free to accept-and-close with when the process is
     /// out of descriptors, so waiting peers learn at once instead of
     /// stalling in the backlog.
@@ -103,6 +94,8 @@ struct EventLoop {
     accept_paused_until: Option<Millis>,
     /// Accepting fails (logged once until it works again).
     accept_failing: bool,
+    /// systemd's watchdog, when it asked for one.
+    watchdog: crate::systemd::Watchdog,
     /// With `--redis`: the sockets of the two links.
     redis: Option<RedisSockets>,
 }
@@ -188,14 +181,12 @@ impl Server {
             hub,
             tls: self.tls,
             scratch: vec![0; SCRATCH_BYTES],
-            read_again: Vec::new(),
-            slots: Vec::new(),
-            throttled: BinaryHeap::new(),
             reserve_fd: File::open("/dev/null").ok(),
             started: Instant::now(),
             now: 0,
             accept_paused_until: None,
             accept_failing: false,
+            watchdog: if systemd { crate::systemd::Watchdog::from_env() } else { Default::default() },
             redis: self.redis,
         };
         if systemd {
@@ -218,26 +209,9 @@ impl Server {
 impl EventLoop {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        let tick = tick_interval(self.hub.config());
-        let mut next_tick = tick;
         loop {
-            let mut wait = Duration::from_millis(next_tick.saturating_sub(self.now));
-            if let Some(resume) = self.accept_paused_until {
-                wait = wait.min(Duration::from_millis(resume.saturating_sub(self.now)));
-            }
-            if let Some(deadline) = self.hub.shutdown_deadline() {
-                wait = wait.min(Duration::from_millis(deadline.saturating_sub(self.now)));
-            }
-            if let Some(Reverse((resume, _))) = self.throttled.peek() {
-                wait = wait.min(Duration::from_millis(resume.saturating_sub(self.now)));
-            }
-            if let Some(deadline) = self.redis.as_ref().and_then(|r| r.next_deadline(&mut self.hub, self.now)) {
-                wait = wait.min(Duration::from_millis(deadline.saturating_sub(self.now)));
-            }
-            if !self.read_again.is_empty() {
-                wait = Duration::ZERO;
-            }
-            match self.poll.poll(&mut events, Some(wait)) {
+            let wait = self.wait();
+            match self.poll.poll(&mut events, wait) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -262,9 +236,7 @@ impl EventLoop {
                     }
                     Token(id) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            // A short read means the socket is drained, unless
-                            // the peer also closed: then read on to the EOF.
-                            self.read_client(id, event.is_read_closed() || event.is_error());
+                            self.hub.readable(id, event.is_read_closed() || event.is_error());
                         }
                         if event.is_writable() {
                             self.hub.writable(id, self.now);
@@ -272,25 +244,29 @@ impl EventLoop {
                     }
                 }
             }
-            self.read_more();
+            // One share each, in the order the hub says.
+            while let Some(id) = self.hub.next_read() {
+                let Some(transport) = self.hub.transport(id) else { continue };
+                let result = transport.receive(&mut self.scratch);
+                self.hub.received(id, result, &mut self.scratch, self.now);
+            }
             if self.accept_paused_until.is_some_and(|t| self.now >= t) {
                 self.accept_paused_until = None;
                 self.accept(false);
                 self.accept(true);
             }
+            self.hub.handle_timeout(self.now);
             if let Some(redis) = self.redis.as_mut() {
                 redis.turn(self.poll.registry(), &mut self.hub, &mut self.scratch, self.now);
             }
             self.hub.flush(self.now);
-            if self.now >= next_tick {
-                self.hub.tick(self.now);
-                self.hub.flush(self.now);
-                self.shared.lock().stats = self.hub.stats();
+            if let Some(stats) = self.hub.take_snapshot() {
+                self.shared.lock().stats = stats;
                 if self.hub.take_trim_hint() {
                     give_memory_back();
                 }
-                next_tick = self.now + tick;
             }
+            self.watchdog.pet(self.now);
             self.reap();
             if self.hub.shutdown_complete(self.now) {
                 if !self.hub.is_empty() {
@@ -299,6 +275,24 @@ impl EventLoop {
                 return Ok(());
             }
         }
+    }
+
+    /// How long the loop may sleep: until the hub's next deadline, or the
+    /// driver's own (accepts paused, a Redis socket with more to read, the
+    /// systemd watchdog).
+    fn wait(&self) -> Option<Duration> {
+        let mut next = self.hub.poll_timeout();
+        let mut fold = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
+        if let Some(resume) = self.accept_paused_until {
+            fold(resume);
+        }
+        if self.redis.as_ref().is_some_and(RedisSockets::wants_turn) {
+            fold(self.now);
+        }
+        if let Some(due) = self.watchdog.due() {
+            fold(due);
+        }
+        next.map(|t| Duration::from_millis(t.saturating_sub(self.now)))
     }
 
     /// Accepts what waits on the public listener, or on the admin one.
@@ -334,10 +328,6 @@ impl EventLoop {
                         warn!("{addr}: cannot register connection: {e}");
                         continue;
                     }
-                    if self.slots.len() <= id {
-                        self.slots.resize(id + 1, Slot::default());
-                    }
-                    self.slots[id] = Slot::default();
                     // The admin listener stays plain HTTP (it is for loopback).
                     let stream = match &self.tls {
                         Some(tls) if !admin => match wrap_tls(stream, tls) {
@@ -402,104 +392,6 @@ impl EventLoop {
         }
     }
 
-    /// Reads one client's share of this turn: one read of up to the scratch
-    /// buffer (for TLS, one socket read of ciphertext). If it left more, the
-    /// client is listed to read again after everyone else had their turn,
-    /// so a flooding client gets a bounded share of each turn however it
-    /// frames its data (or its TLS records). `to_eof`: the peer also
-    /// closed, so read on until its EOF.
-    fn read_client(&mut self, id: ClientId, to_eof: bool) {
-        if self.throttled(id) {
-            return;
-        }
-        for _ in 0..2 {
-            let Some(transport) = self.hub.transport(id) else {
-                return;
-            };
-            match transport.receive(&mut self.scratch) {
-                Ok(Input::Eof) => {
-                    self.hub.peer_closed(id, self.now);
-                    return;
-                }
-                Ok(Input::Bytes { len, more }) => {
-                    if len > 0 {
-                        self.hub.receive(id, &mut self.scratch[..len], self.now);
-                    } else {
-                        self.hub.transport_read(id, self.now);
-                    }
-                    if self.throttled(id) {
-                        return;
-                    }
-                    if more {
-                        break;
-                    }
-                    if !to_eof {
-                        // The socket is drained.
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // A transport may have taken bytes without yielding any
-                    // (a partial TLS record): keep the budget's books right.
-                    self.hub.transport_read(id, self.now);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.hub.lost(id, &e, self.now);
-                    return;
-                }
-            }
-        }
-        // Not drained yet (edge-triggered: no new event will come): resume
-        // after the others had their turn.
-        if self.hub.contains(id)
-            && let Some(slot) = self.slots.get_mut(id)
-            && !slot.read_listed
-        {
-            slot.read_listed = true;
-            self.read_again.push(id);
-        }
-    }
-
-    /// Gives the clients listed last turn their next share, and the
-    /// throttled clients whose time has come their turn back.
-    fn read_more(&mut self) {
-        for id in std::mem::take(&mut self.read_again) {
-            if let Some(slot) = self.slots.get_mut(id) {
-                slot.read_listed = false;
-            }
-            self.read_client(id, true);
-        }
-        while let Some(&Reverse((resume, id))) = self.throttled.peek() {
-            if resume > self.now {
-                break;
-            }
-            self.throttled.pop();
-            if let Some(slot) = self.slots.get_mut(id) {
-                slot.throttled = false;
-            }
-            // Data may have waited in the socket all along: read it.
-            self.read_client(id, true);
-        }
-    }
-
-    /// Whether the client is over its inbound rate limit; if so, it is not
-    /// read until its debt is paid (TCP back-pressure does the throttling)
-    /// and is scheduled for then, at most one entry per client.
-    fn throttled(&mut self, id: ClientId) -> bool {
-        let Some(resume) = self.hub.throttled_until(id).filter(|&t| t > self.now) else {
-            return false;
-        };
-        if let Some(slot) = self.slots.get_mut(id)
-            && !slot.throttled
-        {
-            slot.throttled = true;
-            self.throttled.push(Reverse((resume, id)));
-        }
-        true
-    }
-
     /// Deregisters the sockets of removed connections; dropping closes them.
     fn reap(&mut self) {
         for (_, mut stream) in self.hub.take_closed() {
@@ -552,6 +444,12 @@ impl EventLoop {
             info!("SIGHUP: no TLS certificate to reload");
             return;
         }
+        let systemd = self.hub.config().systemd;
+        if systemd {
+            // Type=notify-reload wants the monotonic time with RELOADING=1.
+            let usec = crate::systemd::monotonic_usec();
+            crate::systemd::notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+        }
         match load_tls(self.hub.config()) {
             Ok(Some(tls)) => {
                 self.tls = Some(tls);
@@ -559,6 +457,9 @@ impl EventLoop {
             }
             Ok(None) => {}
             Err(e) => warn!("SIGHUP: keeping the current TLS certificate: {e}"),
+        }
+        if systemd {
+            crate::systemd::notify("READY=1");
         }
     }
 
@@ -603,23 +504,6 @@ fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> 
     // The backlog mio uses.
     socket.listen(1024)?;
     Ok(TcpListener::from_std(socket.into()))
-}
-
-/// Sweep often enough that the shortest deadline is kept to about a quarter
-/// of its length, and at least once a second.
-fn tick_interval(config: &Config) -> Millis {
-    let shortest = [config.write_timeout, config.handshake_timeout, config.ping_interval, config.idle_timeout]
-        .into_iter()
-        .min()
-        .unwrap_or(Duration::from_secs(1));
-    (shortest.as_millis() as Millis / 4).clamp(10, 1000)
-}
-
-/// Per-client bookkeeping of the driver's own work lists.
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    read_listed: bool,
-    throttled: bool,
 }
 
 fn is_out_of_descriptors(e: &io::Error) -> bool {

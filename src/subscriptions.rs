@@ -13,7 +13,8 @@ use slab::Slab;
 
 use crate::topic::Topic;
 
-/// The id the driver uses for a client (its slab key).
+/// The id of a client: its slab key in the hub, and the driver's
+/// `mio::Token`.
 pub type ClientId = usize;
 
 #[derive(Debug)]

@@ -9,6 +9,8 @@ use std::os::fd::{BorrowedFd, FromRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::time::Millis;
+
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 const FIRST_FD: i32 = 3;
 
@@ -67,6 +69,52 @@ pub fn inherited_listener() -> io::Result<Option<TcpListener>> {
     let listener = unsafe { TcpListener::from_raw_fd(FIRST_FD) };
     log::info!("using the listening socket systemd passed ({addr}) instead of binding --listen");
     Ok(Some(listener))
+}
+
+/// `WATCHDOG=1` at half the interval systemd asked for (`WATCHDOG_USEC`,
+/// for this process when `WATCHDOG_PID` says so): a loop that stops turning
+/// stops petting, and systemd restarts the service.
+#[derive(Debug, Default)]
+pub struct Watchdog {
+    /// Half of `WATCHDOG_USEC`, in the loop's milliseconds.
+    every: Option<Millis>,
+    next: Millis,
+}
+
+impl Watchdog {
+    /// From the environment systemd set (nothing to do when unset).
+    pub fn from_env() -> Watchdog {
+        let ours = std::env::var("WATCHDOG_PID").map_or(true, |pid| pid.parse::<u32>() == Ok(std::process::id()));
+        let usec = std::env::var("WATCHDOG_USEC").ok().and_then(|v| v.parse::<u64>().ok()).filter(|&u| u > 0);
+        let every = usec.filter(|_| ours).map(|usec| (usec / 2000).max(1));
+        Watchdog { every, next: 0 }
+    }
+
+    /// When the next `WATCHDOG=1` is due.
+    pub fn due(&self) -> Option<Millis> {
+        self.every.map(|_| self.next)
+    }
+
+    /// Sends `WATCHDOG=1` when it is due.
+    pub fn pet(&mut self, now: Millis) {
+        if let Some(every) = self.every
+            && now >= self.next
+        {
+            notify("WATCHDOG=1");
+            self.next = now + every;
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, which `RELOADING=1` carries
+/// (`MONOTONIC_USEC=`) so that systemd can tell this reload from an old one.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the value we own and
+    // passes by a valid pointer; it reads nothing else.
+    #[allow(unsafe_code)]
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } == 0;
+    if ok { ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000 } else { 0 }
 }
 
 /// Tells systemd about a state change (`READY=1`, `STOPPING=1`, ...) when

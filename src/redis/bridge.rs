@@ -24,8 +24,9 @@ use super::link::Link;
 use super::resp::{self, Parsed, Value};
 use super::url::RedisUrl;
 use super::{Incoming, RedisStats, Role, Unshared};
-use crate::connection::Millis;
 use crate::frame::MessageKind;
+use crate::log_limit::LineLimiter;
+use crate::time::Millis;
 use crate::topic::Topic;
 
 /// Channels per `SUBSCRIBE` when a link (re)subscribes to all it needs.
@@ -55,7 +56,7 @@ pub struct Bridge {
     /// PUBLISHes queued or written that Redis has not answered yet.
     unconfirmed: u64,
     /// Per kind of warning: when last logged, and how many were held back.
-    warned: [(Option<Millis>, u64); 3],
+    warned: [LineLimiter; 3],
 }
 
 impl Bridge {
@@ -75,7 +76,7 @@ impl Bridge {
             max_reply: max_message + 2048,
             stats: RedisStats::default(),
             unconfirmed: 0,
-            warned: [(None, 0); 3],
+            warned: [LineLimiter::new(WARN_EVERY, 1); 3],
         }
     }
 
@@ -400,18 +401,7 @@ impl Bridge {
 
     /// Logs a warning of kind `slot`, at most one per [`WARN_EVERY`].
     fn warn(&mut self, slot: usize, now: Millis, text: &str) {
-        let (last, held) = &mut self.warned[slot];
-        if last.is_some_and(|t| now.saturating_sub(t) < WARN_EVERY) {
-            *held += 1;
-            return;
-        }
-        if *held > 0 {
-            warn!("{text} ({held} more like it were not logged)");
-        } else {
-            warn!("{text}");
-        }
-        *last = Some(now);
-        *held = 0;
+        self.warned[slot].log(log::Level::Warn, now, format_args!("{text}"));
     }
 
     /// Bytes the links hold, for the hub's memory budget.

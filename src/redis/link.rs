@@ -9,7 +9,7 @@
 //! nothing). An idle link sends a `PING` every [`KEEPALIVE`], so a silent
 //! network failure is noticed too.
 
-use crate::connection::Millis;
+use crate::time::Millis;
 
 /// TCP connect plus the handshake's replies.
 pub const CONNECT_TIMEOUT: Millis = 5_000;

@@ -2,8 +2,8 @@
 //! hub's Redis paths compile away.
 
 use super::RedisStats;
-use crate::connection::Millis;
 use crate::frame::MessageKind;
+use crate::time::Millis;
 use crate::topic::Topic;
 
 pub enum Bridge {}

@@ -42,28 +42,9 @@ impl RedisUrl {
             }
             None => (None, None, authority),
         };
-        let (host, port) = match hostport.strip_prefix('[') {
-            Some(v6) => {
-                let (host, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
-                let port = match after {
-                    "" => None,
-                    after => Some(after.strip_prefix(':').ok_or("expected :port after ]")?),
-                };
-                (host, port)
-            }
-            None => match hostport.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (hostport, None),
-            },
-        };
-        if host.is_empty() {
-            return Err("the host is missing".into());
-        }
-        let port = match port {
-            None => 6379,
-            Some(port) => port.parse().map_err(|_| format!("bad port '{port}'"))?,
-        };
-        Ok(RedisUrl { host: host.to_string(), port, username, password, db, tls })
+        let parsed = crate::authority::parse(hostport).map_err(|why| format!("{why} in '{hostport}'"))?;
+        let port = parsed.port.unwrap_or(6379);
+        Ok(RedisUrl { host: parsed.host.to_string(), port, username, password, db, tls })
     }
 }
 

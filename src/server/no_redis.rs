@@ -7,9 +7,9 @@ use mio::Registry;
 use mio::event::Event;
 
 use crate::config::Config;
-use crate::connection::Millis;
 use crate::hub::Hub;
 use crate::redis::{Bridge, Role};
+use crate::time::Millis;
 use crate::transport::Stream;
 
 pub(super) enum RedisSockets {}
@@ -37,7 +37,7 @@ impl RedisSockets {
         match *self {}
     }
 
-    pub(super) fn next_deadline(&self, _: &mut Hub<Stream>, _: Millis) -> Option<Millis> {
+    pub(super) fn wants_turn(&self) -> bool {
         match *self {}
     }
 }

@@ -18,9 +18,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
 use crate::config::Config;
-use crate::connection::Millis;
 use crate::hub::Hub;
 use crate::redis::{Bridge, RedisUrl, Role};
+use crate::time::Millis;
 use crate::transport::Stream;
 
 /// Reads per socket per turn before the others get theirs (64 KiB each).
@@ -139,8 +139,6 @@ impl RedisSockets {
                 self.read(role, hub, scratch, now);
             }
         }
-        let Some(bridge) = hub.bridge() else { return };
-        bridge.handle_timeout(now);
         for role in Role::BOTH {
             let Some(bridge) = hub.bridge() else { return };
             if bridge.is_down(role)
@@ -155,13 +153,10 @@ impl RedisSockets {
         }
     }
 
-    /// When the bridge next needs a turn (a retry, a timeout, a ping), or
-    /// now when a socket has more to read.
-    pub(super) fn next_deadline(&self, hub: &mut Hub<Stream>, now: Millis) -> Option<Millis> {
-        if self.conns.iter().flatten().any(|c| c.read_again) {
-            return Some(now);
-        }
-        hub.bridge().map(|b| b.next_deadline())
+    /// A socket read its share without draining: the loop must come back
+    /// at once (the bridge's own timers are in the hub's `poll_timeout`).
+    pub(super) fn wants_turn(&self) -> bool {
+        self.conns.iter().flatten().any(|c| c.read_again)
     }
 
     fn connect(&mut self, role: Role, registry: &Registry, hub: &mut Hub<Stream>, now: Millis) {

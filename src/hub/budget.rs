@@ -1,0 +1,92 @@
+//! `--max-buffered-bytes`: one account of everything the hub holds for
+//! clients, and what happens over it.
+//!
+//! Frames count where they are made, once however many queues share them
+//! (`frame::held_frame_bytes`). Each connection's own share (unfinished
+//! input, input held over its rate, its queue's slots, and what its
+//! transport keeps: a partial TLS record, undelivered plaintext, records a
+//! full socket refused) is brought up to date by [`Hub::sync`] after every
+//! read and every write, the only moments it changes. The Redis links add
+//! their buffers.
+
+use super::{Flags, Hub};
+use crate::connection::Context;
+use crate::redis::Bridge;
+use crate::subscriptions::ClientId;
+use crate::time::Millis;
+use crate::transport::Transport;
+
+/// What is counted outside the frames.
+#[derive(Debug, Default)]
+pub(super) struct Budget {
+    /// The connections' shares, summed.
+    pub clients: usize,
+    /// The most held since memory was last handed back to the system.
+    pub peak: usize,
+}
+
+impl<T: Transport> Hub<T> {
+    /// Brings the hub's books up to date with a connection: its share of
+    /// the budget, and whether its request is still pending.
+    pub(super) fn sync(&mut self, id: ClientId) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        let held = client.conn.held_bytes() + client.transport.buffered_bytes();
+        let held = u32::try_from(held).unwrap_or(u32::MAX);
+        self.budget.clients = self.budget.clients + held as usize - client.held as usize;
+        client.held = held;
+        if client.flags.has(Flags::PENDING) && !client.conn.is_requesting() {
+            client.flags.set(Flags::PENDING, false);
+            self.admission.request_done();
+        }
+    }
+
+    /// Bytes the hub holds for clients: frames alive (each counted once,
+    /// however many queues share it), the connections' shares, and the
+    /// Redis links' buffers.
+    pub fn held_bytes(&self) -> usize {
+        crate::frame::held_frame_bytes() + self.budget.clients + self.bridge.as_ref().map_or(0, Bridge::buffered_bytes)
+    }
+
+    /// Over `--max-buffered-bytes`: drops the clients holding the most (a
+    /// walk over the connections per drop, only while over the bound, which
+    /// the bound makes rare) until the hub is back under it.
+    pub(super) fn enforce_budget(&mut self, now: Millis) {
+        let held = self.held_bytes();
+        self.budget.peak = self.budget.peak.max(held);
+        if held <= self.config.max_buffered_bytes {
+            return;
+        }
+        // Bounded work per call; the next event continues if need be.
+        for _ in 0..64 {
+            if self.held_bytes() <= self.config.max_buffered_bytes {
+                return;
+            }
+            let biggest = self
+                .clients
+                .iter()
+                .filter(|(_, c)| !c.flags.has(Flags::ENDED))
+                .map(|(id, c)| (id, c.conn.queued_bytes() + c.held as usize))
+                .max_by_key(|&(_, bytes)| bytes);
+            let Some((id, bytes)) = biggest else { return };
+            if bytes == 0 {
+                return;
+            }
+            let Hub { clients, config, admission, .. } = self;
+            let ctx = Context { config, now, admission };
+            let action = clients[id].conn.overloaded(&ctx);
+            self.apply(id, action, now);
+        }
+    }
+
+    /// True once after a burst of memory use has passed (the hub held over
+    /// 4 MiB, and now holds under a quarter of that peak): a good moment to
+    /// give freed memory back to the system.
+    pub fn take_trim_hint(&mut self) -> bool {
+        let held = self.held_bytes();
+        if self.budget.peak > 4 << 20 && held < self.budget.peak / 4 {
+            self.budget.peak = held;
+            return true;
+        }
+        false
+    }
+}

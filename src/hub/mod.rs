@@ -1,0 +1,444 @@
+//! The hub: every connection, its subscriptions, and the rules that span
+//! connections, without I/O of its own.
+//!
+//! The driver hands the hub what happened (a connection accepted, a socket
+//! readable or writable, bytes read, the time) and asks what to do next:
+//! whom to read ([`Hub::next_read`], one share each per turn, so a flooder
+//! cannot starve anyone), and when to wake it ([`Hub::poll_timeout`]; then
+//! [`Hub::handle_timeout`]). The hub decides everything else: who is
+//! admitted, who receives a broadcast (`--no-echo` included), when a queue
+//! is written (at the end of a turn, or at half its bound so a burst cannot
+//! overflow a client that keeps up), when a connection closes and how (last
+//! bytes, half-close, linger), who is over its rate or over the memory
+//! budget, and how a shutdown drains. It writes through each client's
+//! [`Transport`], so tests run it on in-memory transports with a clock they
+//! set. Every connection leaves through one exit path, [`Hub::remove`] /
+//! `end`, which logs once, counts, and frees its state. With `--redis`, the
+//! hub also hands every message it accepts to its [`Bridge`], tells it when
+//! topics appear and disappear, and delivers what other hubs sent.
+//!
+//! `reading` is the read side and its fairness and rate limits, `writing`
+//! the end-of-turn writes, `fanout` the deliveries, `timers` the deadlines,
+//! `budget` the memory accounting.
+
+mod budget;
+mod fanout;
+mod reading;
+mod timers;
+mod writing;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+
+use log::debug;
+use slab::Slab;
+
+use crate::admission::Admission;
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::connection::{Action, Connection, Context, Reason};
+use crate::http;
+use crate::metrics::{self, Extras};
+use crate::process::ProcessMetrics;
+use crate::reason::LogLimiter;
+use crate::redis::Bridge;
+use crate::stats::Stats;
+use crate::subscriptions::Subscriptions;
+use crate::time::{Millis, NEVER};
+use crate::transport::Transport;
+
+pub use crate::subscriptions::ClientId;
+
+use reading::Reads;
+use timers::Timers;
+
+/// A client's marks, one bit each (an idle connection is small).
+#[derive(Debug, Clone, Copy, Default)]
+struct Flags(u8);
+
+impl Flags {
+    /// Listed in `Hub::dirty`: has queued bytes to write this turn.
+    const DIRTY: u8 = 1;
+    /// Subscribed and counted against `--max-connections`.
+    const SUBSCRIBED: u8 = 1 << 1;
+    /// The transport pushed back; nothing is written until it is writable.
+    const BLOCKED: u8 = 1 << 2;
+    /// Its reason to end was recorded (logged and counted) already.
+    const ENDED: u8 = 1 << 3;
+    /// Still sending its HTTP request (counted against `--max-pending`).
+    const PENDING: u8 = 1 << 4;
+    /// Listed to be read (this turn or the next).
+    const READ_LISTED: u8 = 1 << 5;
+    /// Over its inbound rate: not read until its resume time.
+    const THROTTLED: u8 = 1 << 6;
+    /// The peer closed its side: read on to its EOF.
+    const PEER_CLOSED: u8 = 1 << 7;
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+
+    /// Sets `bit`; returns whether it was set before.
+    fn replace(&mut self, bit: u8, on: bool) -> bool {
+        let was = self.has(bit);
+        self.set(bit, on);
+        was
+    }
+}
+
+struct Client<T> {
+    transport: T,
+    conn: Connection,
+    flags: Flags,
+    /// Bytes it held when last looked at (its share of `Budget::clients`; a
+    /// request head, a message or a queue's slots are far below 4 GiB).
+    held: u32,
+    /// The time of its entry in the timers (`NEVER`: none).
+    timer: Millis,
+}
+
+impl<T> Client<T> {
+    fn mark_dirty(&mut self, key: ClientId, dirty: &mut Vec<ClientId>) {
+        if !self.flags.has(Flags::DIRTY) && self.conn.wants_write() {
+            self.flags.set(Flags::DIRTY, true);
+            dirty.push(key);
+        }
+    }
+}
+
+pub struct Hub<T> {
+    config: Config,
+    clients: Slab<Client<T>>,
+    subscriptions: Subscriptions,
+    admission: Admission,
+    stats: Stats,
+    /// Where small frames are gathered for one write (see `send_queue`).
+    cork: Vec<u8>,
+    /// Clients with bytes queued during this turn.
+    dirty: Vec<ClientId>,
+    /// Actions produced while the hub was being walked, applied after.
+    deferred: Vec<(ClientId, Action)>,
+    /// Transports of removed clients, for the driver to deregister and drop.
+    closed: Vec<(ClientId, T)>,
+    /// Who is read this turn and the next, and who waits out a rate limit.
+    reads: Reads,
+    /// When each connection next needs its deadlines looked at.
+    timers: Timers,
+    shutdown_deadline: Option<Millis>,
+    budget: budget::Budget,
+    /// Log lines of connection endings, rate-limited per reason.
+    log_limit: LogLimiter,
+    process_probe: Option<fn() -> Option<ProcessMetrics>>,
+    /// With `--redis`: messages shared with other hubs.
+    bridge: Option<Bridge>,
+}
+
+impl<T: Transport> Hub<T> {
+    pub fn new(config: Config) -> Hub<T> {
+        Hub {
+            config,
+            clients: Slab::new(),
+            subscriptions: Subscriptions::default(),
+            admission: Admission::default(),
+            stats: Stats::default(),
+            cork: Vec::with_capacity(crate::send_queue::CORK_BYTES),
+            dirty: Vec::new(),
+            deferred: Vec::new(),
+            closed: Vec::new(),
+            reads: Reads::default(),
+            timers: Timers::default(),
+            shutdown_deadline: None,
+            budget: budget::Budget::default(),
+            log_limit: LogLimiter::default(),
+            process_probe: None,
+            bridge: None,
+        }
+    }
+
+    /// Shares topics with other hubs through Redis (`--redis`).
+    pub fn set_bridge(&mut self, bridge: Bridge) {
+        self.bridge = Some(bridge);
+    }
+
+    /// The Redis bridge, for the driver to move its bytes.
+    #[cfg(feature = "redis")]
+    pub fn bridge(&mut self) -> Option<&mut Bridge> {
+        self.bridge.as_mut()
+    }
+
+    /// Verifies `/ws` and publish tokens with these keys (JWT).
+    pub fn set_verifier(&mut self, verifier: Option<Verifier>) {
+        self.admission.set_verifier(verifier);
+    }
+
+    /// Whether tokens are checked: the driver then keeps the wall clock.
+    pub fn verifies_tokens(&self) -> bool {
+        self.admission.verifies_tokens()
+    }
+
+    /// Where `/metrics` gets the process figures (`process_*`): the driver
+    /// passes [`crate::process::sample`]; without a probe they are left out.
+    pub fn set_process_probe(&mut self, probe: fn() -> Option<ProcessMetrics>) {
+        self.process_probe = Some(probe);
+    }
+
+    /// The wall-clock time token claims are judged by (seconds since the
+    /// epoch); `now` stays the monotonic clock for every deadline.
+    pub fn set_unix_now(&mut self, unix_now: u64) {
+        self.admission.set_unix_now(unix_now);
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The id the next [`insert`](Hub::insert) will use (to register the
+    /// socket under it first).
+    pub fn next_id(&self) -> ClientId {
+        self.clients.vacant_key()
+    }
+
+    /// Whether a connection just accepted from `peer` may stay (per-address
+    /// limits, connection rate, pending requests). A refused one is counted
+    /// and logged here; the driver closes it at once.
+    pub fn admit(&mut self, peer: SocketAddr, now: Millis) -> bool {
+        match self.admission.connection(&self.config, peer, now) {
+            Ok(()) => true,
+            Err(why) => {
+                self.refused(peer, why, now);
+                false
+            }
+        }
+    }
+
+    /// A connection the driver could not keep (refused at `accept`, or out
+    /// of file descriptors): counted and logged like any other ending.
+    pub fn refused(&mut self, peer: SocketAddr, why: &'static str, now: Millis) {
+        self.stats.accepted += 1;
+        self.record_exit(peer, Reason::Refused(why), now);
+    }
+
+    /// A new connection accepted on the admin listener.
+    pub fn insert_admin(&mut self, transport: T, peer: SocketAddr, now: Millis) -> ClientId {
+        let id = self.insert(transport, peer, now);
+        self.clients[id].conn.set_admin();
+        id
+    }
+
+    /// A new connection from `peer`, accepted at `now`.
+    pub fn insert(&mut self, transport: T, peer: SocketAddr, now: Millis) -> ClientId {
+        self.stats.accepted += 1;
+        self.admission.connected(&self.config, peer, now);
+        let client =
+            Client { transport, conn: Connection::new(now, peer), flags: Flags(Flags::PENDING), held: 0, timer: NEVER };
+        let id = self.clients.insert(client);
+        self.schedule(id);
+        debug!("{peer}: connected");
+        id
+    }
+
+    /// The transport of a connection, for the driver to read from.
+    pub fn transport(&mut self, id: ClientId) -> Option<&mut T> {
+        self.clients.get_mut(id).map(|c| &mut c.transport)
+    }
+
+    #[cfg(test)]
+    pub fn is_blocked(&self, id: ClientId) -> bool {
+        self.clients.get(id).is_some_and(|c| c.flags.has(Flags::BLOCKED))
+    }
+
+    #[cfg(test)]
+    pub fn contains(&self, id: ClientId) -> bool {
+        self.clients.contains(id)
+    }
+
+    /// Connections of any kind.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Starts a graceful shutdown: open clients get what is queued for them,
+    /// then close 1001; everything else is dropped. The driver stops
+    /// accepting and runs until [`shutdown_complete`](Hub::shutdown_complete).
+    pub fn begin_shutdown(&mut self, now: Millis) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(now.saturating_add(crate::time::millis(self.config.shutdown_timeout)));
+        let Hub { clients, config, admission, deferred, .. } = self;
+        let ctx = Context { config, now, admission };
+        for (id, client) in clients.iter_mut() {
+            match client.conn.shut_down(&ctx) {
+                Action::Nothing => {}
+                action => deferred.push((id, action)),
+            }
+        }
+        self.apply_deferred(now);
+        self.flush(now);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown_deadline.is_some()
+    }
+
+    /// Shutting down, and every connection is gone (and every message
+    /// shared with Redis), or the time is up.
+    pub fn shutdown_complete(&self, now: Millis) -> bool {
+        let drained = self.clients.is_empty() && self.bridge.as_ref().is_none_or(Bridge::drained);
+        self.shutdown_deadline.is_some_and(|deadline| drained || now >= deadline)
+    }
+
+    /// Transports of connections that were removed since the last call: the
+    /// driver deregisters them, and dropping them closes the sockets.
+    pub fn take_closed(&mut self) -> std::vec::Drain<'_, (ClientId, T)> {
+        self.closed.drain(..)
+    }
+
+    /// A snapshot of the counters, with the gauges computed now (a walk over
+    /// the connections: for scrapes and tests, not per message).
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        for (_, client) in &self.clients {
+            if client.conn.is_open() {
+                stats.open += 1;
+            } else if client.conn.is_closing() {
+                stats.closing += 1;
+            } else {
+                stats.pending += 1;
+            }
+            stats.queued_bytes += client.conn.queued_bytes() as u64;
+        }
+        stats.topics = self.subscriptions.topic_count() as u64;
+        stats.held_bytes = self.held_bytes() as u64;
+        stats.redis = self.bridge.as_ref().map(Bridge::stats);
+        stats
+    }
+
+    fn apply(&mut self, id: ClientId, action: Action, now: Millis) {
+        match action {
+            Action::Nothing => {}
+            Action::Subscribe(topics, publish_mask) => {
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.flags.set(Flags::SUBSCRIBED, true);
+                    self.admission.joined();
+                    self.stats.upgrades += 1;
+                    let bridge = &mut self.bridge;
+                    self.subscriptions.subscribe(id, &topics, publish_mask, |topic| {
+                        if let Some(bridge) = bridge {
+                            bridge.topic_added(topic, now);
+                        }
+                    });
+                    debug!("{}: upgraded, topics {topics:?}", client.conn.peer());
+                }
+            }
+            Action::Broadcast(frame) => {
+                self.stats.messages_in += 1;
+                self.broadcast_from(id, frame, now);
+            }
+            Action::Metrics => {
+                let extras = Extras {
+                    buffered_bytes_limit: self.config.max_buffered_bytes as u64,
+                    dropped_log_lines: crate::logger::dropped_log_lines(),
+                    process: self.process_probe.and_then(|probe| probe()),
+                };
+                let text = metrics::render(&self.stats(), &extras);
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.answer(http::response(200, metrics::CONTENT_TYPE, &text), now);
+                }
+                self.apply(id, Action::Closing(Reason::HttpDone), now);
+            }
+            Action::Publish(topic, frame) => {
+                self.stats.http_publishes += 1;
+                let receivers = self.publish(&topic, frame, now);
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.published(receivers, now);
+                    debug!("{}: published to {topic} ({receivers} receivers)", client.conn.peer());
+                }
+                self.apply(id, Action::Closing(Reason::HttpDone), now);
+            }
+            Action::Closing(reason) => {
+                self.end(id, reason, now);
+                self.sync(id);
+                self.mark_dirty(id);
+            }
+            Action::Drop(reason) => self.remove(id, reason, now),
+        }
+    }
+
+    fn apply_deferred(&mut self, now: Millis) {
+        while let Some((id, action)) = self.deferred.pop() {
+            self.apply(id, action, now);
+        }
+    }
+
+    /// Records why a connection ends (once: one log line, one count) and
+    /// takes it out of the hub's fan-out; its last bytes may still be sent.
+    fn end(&mut self, id: ClientId, reason: Reason, now: Millis) {
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
+        };
+        let first = !client.flags.replace(Flags::ENDED, true);
+        let peer = client.conn.peer();
+        if client.flags.replace(Flags::SUBSCRIBED, false) {
+            self.admission.left();
+            let bridge = &mut self.bridge;
+            self.subscriptions.unsubscribe(id, |topic| {
+                if let Some(bridge) = bridge {
+                    bridge.topic_removed(topic, now);
+                }
+            });
+        }
+        if first {
+            self.record_exit(peer, reason, now);
+        }
+    }
+
+    /// Counts an ending and logs it (rate-limited per reason).
+    fn record_exit(&mut self, peer: SocketAddr, reason: Reason, now: Millis) {
+        let exit = reason.exit();
+        self.stats.count_exit(exit);
+        if let Reason::Rejected(rejection) = reason {
+            self.stats.count_rejection(rejection.status);
+        }
+        let level = reason.level();
+        if log::log_enabled!(level)
+            && let Some(suppressed) = self.log_limit.admit(exit, now)
+        {
+            let (label, code, status) = (exit.label(), reason.close_code(), reason.http_status());
+            if suppressed > 0 {
+                log::log!(level, peer:% = peer, reason = label, code = code, status = status, suppressed = suppressed;
+                    "{peer}: {reason} ({suppressed} more like it were not logged)");
+            } else {
+                log::log!(level, peer:% = peer, reason = label, code = code, status = status; "{peer}: {reason}");
+            }
+        }
+    }
+
+    /// The exit path: ends the connection for `reason` (unless it already
+    /// ended for another) and frees it.
+    pub fn remove(&mut self, id: ClientId, reason: Reason, now: Millis) {
+        self.end(id, reason, now);
+        if let Some(client) = self.clients.try_remove(id) {
+            self.budget.clients -= client.held as usize;
+            if client.flags.has(Flags::PENDING) {
+                self.admission.request_done();
+            }
+            self.admission.disconnected(&self.config, client.conn.peer(), now);
+            self.closed.push((id, client.transport));
+        }
+    }
+}
