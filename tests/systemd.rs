@@ -195,3 +195,60 @@ fn a_datagram_socket_from_systemd_stops_startup() {
     let _ = child.wait();
     assert!(log.contains("is not a stream socket"), "{log}");
 }
+
+#[test]
+fn the_watchdog_is_petted_at_half_its_interval() {
+    let path = std::env::temp_dir().join(format!("wshub-watchdog-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut command = wshub_command();
+    command.args(["--listen", "127.0.0.1:0"]).env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "400000");
+    let mut bin = Binary::spawn(command);
+    assert_eq!(recv(&socket), "READY=1");
+    // At 200 ms each: a few in a second (the first at once).
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        assert_eq!(recv(&socket), "WATCHDOG=1");
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(450), "not faster than every 200 ms");
+    bin.signal("TERM");
+    let mut rest = recv(&socket);
+    while rest == "WATCHDOG=1" {
+        rest = recv(&socket);
+    }
+    assert_eq!(rest, "STOPPING=1");
+    assert!(bin.wait_exit().success());
+    let _ = std::fs::remove_file(&path);
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn a_reload_is_announced_with_reloading_then_ready() {
+    use wshub::testing::test_peer::{TEST_CERT_PEM, TEST_KEY_PEM};
+    let dir = std::env::temp_dir().join(format!("wshub-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key, path) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("notify"));
+    std::fs::write(&cert, TEST_CERT_PEM).unwrap();
+    std::fs::write(&key, TEST_KEY_PEM).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut command = wshub_command();
+    command.args(["--listen", "127.0.0.1:0", "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    command.env("NOTIFY_SOCKET", &path);
+    let mut bin = Binary::spawn(command);
+    assert_eq!(recv(&socket), "READY=1");
+    bin.signal("HUP");
+    let reloading = recv(&socket);
+    let usec: u64 = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{reloading:?}"));
+    assert!(usec > 0);
+    assert_eq!(recv(&socket), "READY=1", "ready again after the reload");
+    bin.signal("TERM");
+    assert_eq!(recv(&socket), "STOPPING=1");
+    assert!(bin.wait_exit().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
