@@ -30,6 +30,11 @@ fn main() -> ExitCode {
     let listen = config.listen;
     let server = match wshub::Server::bind(*config) {
         Ok(server) => server,
+        // A setting that does not load: the error names it.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            eprintln!("wshub: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("wshub: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;

@@ -57,6 +57,26 @@ pub enum Chunk<'a> {
     Frames,
 }
 
+thread_local! {
+    /// Bytes of all queues' slots on this thread (the loop's), for the
+    /// memory budget: kept up to date where a queue's capacity changes, so
+    /// reading it is free and no write path has to ask.
+    static SLOTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Bytes the send queues' slots take (the frames are counted elsewhere).
+pub fn held_slot_bytes() -> usize {
+    SLOTS.with(|slots| slots.get())
+}
+
+const SLOT: usize = std::mem::size_of::<SharedFrame>();
+
+/// Accounts a change of a queue's capacity.
+#[inline(never)]
+fn slots_changed(before: usize, after: usize) {
+    SLOTS.with(|slots| slots.set(slots.get() + after * SLOT - before * SLOT));
+}
+
 #[derive(Debug, Default)]
 pub struct SendQueue {
     frames: VecDeque<SharedFrame>,
@@ -85,7 +105,14 @@ impl SendQueue {
     /// the bounds. Used at most once or twice per connection.
     pub fn push_unbounded(&mut self, frame: SharedFrame) {
         self.pending += frame.len();
-        self.frames.push_back(frame);
+        if self.frames.len() == self.frames.capacity() {
+            // Full: the push grows the slots (rare: amortized doubling).
+            let before = self.frames.capacity();
+            self.frames.push_back(frame);
+            slots_changed(before, self.frames.capacity());
+        } else {
+            self.frames.push_back(frame);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -98,11 +125,6 @@ impl SendQueue {
 
     pub fn pending_bytes(&self) -> usize {
         self.pending
-    }
-
-    /// Memory the queue's slots take (the frames are counted elsewhere).
-    pub fn slot_bytes(&self) -> usize {
-        self.frames.capacity() * std::mem::size_of::<SharedFrame>()
     }
 
     /// Drops every frame not yet started, keeping a partly written front
@@ -182,6 +204,7 @@ impl SendQueue {
             self.frames.pop_front();
         }
         if self.frames.is_empty() && self.frames.capacity() > KEEP_CAPACITY {
+            slots_changed(self.frames.capacity(), 0);
             self.frames = VecDeque::new();
         }
     }
@@ -207,6 +230,14 @@ impl SendQueue {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(total),
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+impl Drop for SendQueue {
+    fn drop(&mut self) {
+        if self.frames.capacity() > 0 {
+            slots_changed(self.frames.capacity(), 0);
         }
     }
 }

@@ -102,10 +102,11 @@ struct EventLoop {
 
 impl Server {
     /// Binds the listening socket and prepares the loop; nothing runs yet.
+    /// A setting that does not load (a key, a certificate, the Redis
+    /// address) is an `InvalidInput` error naming it, before any socket is
+    /// opened.
     pub fn bind(config: Config) -> io::Result<Server> {
-        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let verifier = Verifier::from_config(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tls = load_tls(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let Loaded { verifier, tls, redis } = Loaded::from(&config)?;
         // Before anything else opens a descriptor: fd 3 is checked as it
         // was inherited.
         let inherited = if config.systemd { crate::systemd::inherited_listener()? } else { None };
@@ -114,7 +115,6 @@ impl Server {
             Some(listener) => TcpListener::from_std(listener),
             None => bind_listener(config.listen, config.reuse_port)?,
         };
-        let redis = RedisSockets::for_config(&config)?;
         let local_addr = listener.local_addr()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let admin = match config.admin_listen {
@@ -485,6 +485,26 @@ impl EventLoop {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.hub.begin_shutdown(self.now);
+    }
+}
+
+/// Everything the settings name, loaded and checked in one step at
+/// startup: the settings together, the JWT keys, the TLS certificate and
+/// key (and client CA), the Redis address (resolved once) and its CAs.
+struct Loaded {
+    verifier: Option<Verifier>,
+    tls: Option<TlsConfig>,
+    redis: Option<RedisSockets>,
+}
+
+impl Loaded {
+    fn from(config: &Config) -> io::Result<Loaded> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        config.validate().map_err(invalid)?;
+        let verifier = Verifier::from_config(config).map_err(invalid)?;
+        let tls = load_tls(config).map_err(invalid)?;
+        let redis = RedisSockets::for_config(config)?;
+        Ok(Loaded { verifier, tls, redis })
     }
 }
 

@@ -2,12 +2,13 @@
 //! clients, and what happens over it.
 //!
 //! Frames count where they are made, once however many queues share them
-//! (`frame::held_frame_bytes`). Each connection's own share (unfinished
-//! input, input held over its rate, its queue's slots, and what its
-//! transport keeps: a partial TLS record, undelivered plaintext, records a
-//! full socket refused) is brought up to date by [`Hub::sync`] after every
-//! read and every write, the only moments it changes. The Redis links add
-//! their buffers.
+//! (`frame::held_frame_bytes`), and the queues' slots where their capacity
+//! changes (`send_queue::held_slot_bytes`). Each connection's own share
+//! (unfinished input, input held over its rate, and what its transport
+//! keeps: a partial TLS record, undelivered plaintext, records a full
+//! socket refused) is brought up to date by [`Hub::sync`] after every read,
+//! and after every write that can change it. The Redis links add their
+//! buffers.
 
 use super::{Flags, Hub};
 use crate::connection::Context;
@@ -44,7 +45,10 @@ impl<T: Transport> Hub<T> {
     /// however many queues share it), the connections' shares, and the
     /// Redis links' buffers.
     pub fn held_bytes(&self) -> usize {
-        crate::frame::held_frame_bytes() + self.budget.clients + self.bridge.as_ref().map_or(0, Bridge::buffered_bytes)
+        crate::frame::held_frame_bytes()
+            + crate::send_queue::held_slot_bytes()
+            + self.budget.clients
+            + self.bridge.as_ref().map_or(0, Bridge::buffered_bytes)
     }
 
     /// Over `--max-buffered-bytes`: drops the clients holding the most (a

@@ -125,8 +125,8 @@ impl<T: Transport> Fanout<'_, T> {
             return;
         }
         match client.conn.enqueue(SharedFrame::clone(frame), &self.ctx) {
-            Action::Nothing => self.stats.deliveries += 1,
-            action => self.deferred.push((id, action)),
+            Ok(()) => self.stats.deliveries += 1,
+            Err(action) => self.deferred.push((id, action)),
         }
         // Writes wait for the end of the turn so that a burst leaves in one
         // system call, but a burst must not overflow a client that is keeping

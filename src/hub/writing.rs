@@ -30,11 +30,14 @@ impl<T: Transport> Hub<T> {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &id in &dirty {
             // One slab lookup per client (this loop runs once per delivery
-            // at low rates).
+            // at low rates), and the books only when a write can change
+            // them.
             let Some(client) = self.clients.get_mut(id) else { continue };
             client.flags.set(Flags::DIRTY, false);
             let result = write_client(client, &mut self.cork, now, &mut self.stats);
-            self.after_write(id, result, now);
+            if result.is_err() || client.wants_books_after_write() {
+                self.after_write(id, result, now);
+            }
         }
         dirty.clear();
         // Keep the list's memory for the next turn.
@@ -62,6 +65,7 @@ impl<T: Transport> Hub<T> {
     /// (what the transport keeps changes with writes: refused TLS records),
     /// and the deadlines a write can bring forward (a stalled queue, a
     /// linger that starts).
+    #[inline(never)]
     pub(super) fn after_write(&mut self, id: ClientId, result: io::Result<()>, now: Millis) {
         let Some(client) = self.clients.get_mut(id) else { return };
         if let Err(e) = result {
@@ -74,6 +78,19 @@ impl<T: Transport> Hub<T> {
         if watch {
             self.schedule(id);
         }
+    }
+}
+
+impl<T: Transport> Client<T> {
+    /// Whether a write may have changed what the hub counts of this client
+    /// (it holds something, its transport keeps bytes) or brought a
+    /// deadline forward (it is blocked, or closing).
+    #[inline]
+    fn wants_books_after_write(&self) -> bool {
+        self.held != 0
+            || self.transport.buffered_bytes() != 0
+            || self.flags.has(Flags::BLOCKED)
+            || self.conn.is_closing()
     }
 }
 

@@ -62,7 +62,9 @@ impl RedisSockets {
         use std::net::ToSocketAddrs;
         let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port)
             .to_socket_addrs()
-            .map_err(|e| io::Error::new(e.kind(), format!("--redis: cannot resolve {}: {e}", url.host)))?
+            .map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("--redis: cannot resolve {}: {e}", url.host))
+            })?
             .collect();
         if addrs.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("--redis: {} has no address", url.host)));
