@@ -24,18 +24,21 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::frame::{self, MessageKind};
 use crate::hub::Hub;
+use crate::log_limit::LineLimiter;
 use crate::publisher::{Message, Publisher, Shared};
 use crate::redis::Role;
 use crate::time::Millis;
-use crate::transport::{Stream, Transport};
+use crate::transport::Transport;
 
 #[cfg(not(feature = "redis"))]
 mod no_redis;
 #[cfg(feature = "redis")]
 mod redis;
+mod stream;
 #[cfg(not(feature = "redis"))]
 use no_redis as redis;
 use redis::RedisSockets;
+use stream::Stream;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
@@ -92,8 +95,8 @@ struct EventLoop {
     started: Instant,
     now: Millis,
     accept_paused_until: Option<Millis>,
-    /// Accepting fails (logged once until it works again).
-    accept_failing: bool,
+    /// Warnings that accepting fails: one a minute, with a count.
+    accept_warnings: LineLimiter,
     /// systemd's watchdog, when it asked for one.
     watchdog: crate::systemd::Watchdog,
     /// With `--redis`: the sockets of the two links.
@@ -185,7 +188,7 @@ impl Server {
             started: Instant::now(),
             now: 0,
             accept_paused_until: None,
-            accept_failing: false,
+            accept_warnings: LineLimiter::new(60_000, 1),
             watchdog: if systemd { crate::systemd::Watchdog::from_env() } else { Default::default() },
             redis: self.redis,
         };
@@ -308,7 +311,6 @@ impl EventLoop {
             };
             match listener.accept() {
                 Ok((mut stream, addr)) => {
-                    self.accept_failing = false;
                     if !self.hub.admit(addr, self.now) {
                         // Closed at once: dropping the stream closes it.
                         continue;
@@ -376,13 +378,10 @@ impl EventLoop {
                 Err(e) => {
                     // Out of descriptors or memory (the pending connections
                     // stay in the backlog), or an error retrying cannot cure:
-                    // retrying at once would spin. Try again shortly, and say
-                    // so once until an accept succeeds again.
-                    if !std::mem::replace(&mut self.accept_failing, true) {
-                        warn!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} at a time");
-                    } else {
-                        debug!("cannot accept: {e}");
-                    }
+                    // retrying at once would spin. Try again shortly (said at
+                    // most once a minute).
+                    let text = format_args!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} at a time");
+                    self.accept_warnings.log(log::Level::Warn, self.now, text);
                     let resource = is_out_of_descriptors(&e) || is_out_of_memory(&e);
                     let backoff = if refusals > 0 && resource { 0 } else { ACCEPT_BACKOFF.as_millis() as Millis };
                     self.accept_paused_until = Some(self.now + backoff);

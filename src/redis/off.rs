@@ -24,6 +24,14 @@ impl Bridge {
         match *self {}
     }
 
+    pub fn next_deadline(&self) -> Millis {
+        match *self {}
+    }
+
+    pub fn handle_timeout(&mut self, _: Millis) {
+        match *self {}
+    }
+
     pub fn buffered_bytes(&self) -> usize {
         match *self {}
     }

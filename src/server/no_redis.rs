@@ -6,11 +6,11 @@ use std::io;
 use mio::Registry;
 use mio::event::Event;
 
+use super::stream::Stream;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::redis::{Bridge, Role};
 use crate::time::Millis;
-use crate::transport::Stream;
 
 pub(super) enum RedisSockets {}
 

@@ -5,11 +5,12 @@
 //! bridge asks for one, reads into the loop's scratch buffer, writes what
 //! the bridge has to send, and closes the socket of a link the bridge gave
 //! up. Sockets are non-blocking like every other: a Redis that stops reading
-//! only fills the bridge's bounded buffer. With `rediss://`, rustls' client
-//! sits between the socket and the bridge (its own buffers are bounded at
-//! 64 KiB each way).
+//! only fills the bridge's bounded buffer. A link's socket is a [`Stream`]
+//! like a client's: plain TCP, or with `rediss://` TLS as a client (rustls'
+//! buffers are bounded at 64 KiB each way), read and written through the
+//! same transport seam.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use log::{debug, info};
@@ -17,11 +18,12 @@ use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Interest, Registry};
 
+use super::stream::Stream;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::redis::{Bridge, RedisUrl, Role};
 use crate::time::Millis;
-use crate::transport::Stream;
+use crate::transport::{Input, Transport};
 
 /// Reads per socket per turn before the others get theirs (64 KiB each).
 const READS_PER_TURN: usize = 16;
@@ -39,8 +41,7 @@ pub(super) struct RedisSockets {
 }
 
 struct Conn {
-    stream: TcpStream,
-    wire: Wire,
+    stream: Stream,
     /// The TCP connection is established.
     connected: bool,
     /// The socket took less than offered: wait for a writable event.
@@ -92,7 +93,7 @@ impl RedisSockets {
     pub(super) fn ready(&mut self, role: Role, event: &Event, hub: &mut Hub<Stream>, scratch: &mut [u8], now: Millis) {
         let Some(conn) = self.conns[role as usize].as_mut() else { return };
         if !conn.connected {
-            match established(&conn.stream) {
+            match established(conn.stream.tcp()) {
                 Ok(true) => conn.connected = true,
                 Ok(false) => return,
                 Err(e) => return lost(hub, role, &e, now),
@@ -111,16 +112,14 @@ impl RedisSockets {
         let Some(conn) = self.conns[role as usize].as_mut() else { return };
         conn.read_again = false;
         for _ in 0..READS_PER_TURN {
-            let got = match &mut conn.wire {
-                Wire::Plain => conn.stream.read(scratch),
-                #[cfg(feature = "tls")]
-                Wire::Tls(tls) => read_tls(tls, &mut conn.stream, scratch),
-            };
-            match got {
-                Ok(0) => return lost(hub, role, &io::Error::from(io::ErrorKind::UnexpectedEof), now),
-                Ok(n) => {
-                    hub.redis_received(role, &scratch[..n], now);
+            match conn.stream.receive(scratch) {
+                Ok(Input::Eof) => return lost(hub, role, &io::Error::from(io::ErrorKind::UnexpectedEof), now),
+                Ok(Input::Bytes { len, more }) => {
+                    hub.redis_received(role, &scratch[..len], now);
                     if hub.bridge().is_none_or(|b| b.is_down(role)) {
+                        return;
+                    }
+                    if !more {
                         return;
                     }
                 }
@@ -146,7 +145,7 @@ impl RedisSockets {
             if bridge.is_down(role)
                 && let Some(mut conn) = self.conns[role as usize].take()
             {
-                let _ = registry.deregister(&mut conn.stream);
+                let _ = registry.deregister(conn.stream.tcp());
             }
             if self.conns[role as usize].is_none() && bridge.connect_due(role, now) {
                 self.connect(role, registry, hub, now);
@@ -164,24 +163,16 @@ impl RedisSockets {
     fn connect(&mut self, role: Role, registry: &Registry, hub: &mut Hub<Stream>, now: Millis) {
         let addr = self.addrs[self.attempts % self.addrs.len()];
         self.attempts += 1;
-        let opened = TcpStream::connect(addr).and_then(|mut stream| {
-            registry.register(
-                &mut stream,
-                super::REDIS_TOKENS[role as usize],
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
-            Ok(stream)
+        let opened = TcpStream::connect(addr).and_then(|mut tcp| {
+            registry.register(&mut tcp, super::REDIS_TOKENS[role as usize], Interest::READABLE | Interest::WRITABLE)?;
+            if let Err(e) = tcp.set_nodelay(true) {
+                debug!("redis {}: TCP_NODELAY: {e}", role.label());
+            }
+            self.stream(tcp)
         });
         match opened {
             Ok(stream) => {
-                if let Err(e) = stream.set_nodelay(true) {
-                    debug!("redis {}: TCP_NODELAY: {e}", role.label());
-                }
-                let wire = match self.wire() {
-                    Ok(wire) => wire,
-                    Err(e) => return lost(hub, role, &e, now),
-                };
-                let conn = Conn { stream, wire, connected: false, blocked: false, read_again: false };
+                let conn = Conn { stream, connected: false, blocked: false, read_again: false };
                 self.conns[role as usize] = Some(conn);
             }
             Err(e) => lost(hub, role, &e, now),
@@ -189,72 +180,35 @@ impl RedisSockets {
     }
 
     /// What a new connection speaks: plain RESP, or RESP over TLS.
-    fn wire(&self) -> io::Result<Wire> {
+    fn stream(&self, tcp: TcpStream) -> io::Result<Stream> {
         #[cfg(feature = "tls")]
         if let Some((config, name)) = &self.tls {
-            let tls = rustls::ClientConnection::new(std::sync::Arc::clone(config), name.clone())
-                .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
-            return Ok(Wire::Tls(Box::new(tls)));
+            return Ok(Stream::TlsClient(Box::new(crate::tls::TlsClientStream::new(tcp, config, name.clone())?)));
         }
-        Ok(Wire::Plain)
+        Ok(Stream::Plain(tcp))
     }
 
+    /// Writes what the bridge has to send (a TLS link's records first).
     fn write(&mut self, role: Role, hub: &mut Hub<Stream>, now: Millis) {
         let Some(conn) = self.conns[role as usize].as_mut() else { return };
         let Some(bridge) = hub.bridge() else { return };
         while conn.connected && !conn.blocked {
-            let bytes = bridge.transmit(role);
-            let written = match &mut conn.wire {
-                Wire::Plain if bytes.is_empty() => return,
-                Wire::Plain => conn.stream.write(bytes),
-                #[cfg(feature = "tls")]
-                Wire::Tls(tls) => {
-                    // Plaintext into rustls (as much as its buffer takes),
-                    // records out to the socket.
-                    let taken = if bytes.is_empty() { 0 } else { tls.writer().write(bytes).unwrap_or(0) };
-                    bridge.sent(role, taken);
-                    if !tls.wants_write() {
-                        if taken == 0 {
-                            return;
-                        }
-                        continue;
-                    }
-                    tls.write_tls(&mut conn.stream).map(|_| 0)
+            let result = if conn.stream.has_pending_output() {
+                conn.stream.flush_pending().map(|()| 0)
+            } else {
+                let bytes = bridge.transmit(role);
+                if bytes.is_empty() {
+                    return;
                 }
+                conn.stream.write(bytes)
             };
-            match written {
+            match result {
                 Ok(n) => bridge.sent(role, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return bridge.lost(role, &e.to_string(), now),
             }
         }
-    }
-}
-
-/// What a Redis link speaks over its socket.
-enum Wire {
-    Plain,
-    /// `rediss://`: rustls' client (buffered API: two links, not thousands,
-    /// so its per-connection buffers do not matter).
-    #[cfg(feature = "tls")]
-    Tls(Box<rustls::ClientConnection>),
-}
-
-/// Reads plaintext from a TLS link: what rustls has decrypted, else records
-/// from the socket. `Ok(0)` is the end (close_notify or EOF); `WouldBlock`
-/// when the socket has nothing more.
-#[cfg(feature = "tls")]
-fn read_tls(tls: &mut rustls::ClientConnection, stream: &mut TcpStream, out: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match tls.reader().read(out) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => return other,
-        }
-        if tls.read_tls(stream)? == 0 {
-            return Ok(0);
-        }
-        tls.process_new_packets().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
     }
 }
 

@@ -7,6 +7,8 @@
 //! connection); `stream` puts a session over a client's socket as its
 //! transport. This file loads certificates and keys into rustls' settings.
 
+#[cfg(feature = "redis")]
+mod client;
 mod session;
 mod stream;
 #[cfg(any(test, feature = "testing"))]
@@ -20,6 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
+#[cfg(feature = "redis")]
+pub use client::TlsClientStream;
 #[cfg(any(test, feature = "testing"))]
 pub use session::TlsSession;
 pub use stream::TlsStream;
