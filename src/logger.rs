@@ -42,11 +42,35 @@ pub fn dropped_log_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
 
-enum Sink {
-    /// A non-blocking file description of our own (pipe) or a file/terminal.
+/// Where lines go: stderr, made non-blocking, and the unwritten rest of
+/// the last line.
+struct Sink {
+    out: Out,
+    /// A line the stream took part of: it is finished before any other line
+    /// starts, so lines are never torn (a stream socket, journald's, may
+    /// take part of a write; a pipe takes a line of at most `PIPE_BUF` whole
+    /// or not at all).
+    tail: Vec<u8>,
+}
+
+enum Out {
+    /// A non-blocking file description (a pipe) or a file/terminal.
     File(File),
     /// A stream socket set non-blocking.
     Socket(UnixStream),
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Out::File(f) => f.write(buf),
+            Out::Socket(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Sink {
@@ -54,28 +78,79 @@ impl Sink {
         let stderr = io::stderr().as_fd().try_clone_to_owned()?;
         let file = File::from(stderr);
         let kind = file.metadata()?.file_type();
-        if kind.is_fifo() {
+        let out = if kind.is_fifo() {
             // A description of our own: O_NONBLOCK here is ours alone.
             match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open("/proc/self/fd/2") {
-                Ok(own) => return Ok(Sink::File(own)),
-                Err(_) => return Ok(Sink::File(file)),
+                Ok(own) => Out::File(own),
+                Err(_) => {
+                    // No /proc: the shared description is made non-blocking
+                    // (others writing to the pipe see it too), rather than
+                    // let a full pipe block the loop.
+                    set_nonblocking(&file)?;
+                    Out::File(file)
+                }
             }
-        }
-        if kind.is_socket() {
+        } else if kind.is_socket() {
             let socket = UnixStream::from(std::os::fd::OwnedFd::from(file));
             socket.set_nonblocking(true)?;
-            return Ok(Sink::Socket(socket));
-        }
-        Ok(Sink::File(file))
+            Out::Socket(socket)
+        } else {
+            Out::File(file)
+        };
+        Ok(Sink { out, tail: Vec::new() })
     }
 
     fn write_line(&mut self, line: &[u8]) -> bool {
-        let result = match self {
-            Sink::File(f) => f.write(line),
-            Sink::Socket(s) => s.write(line),
-        };
-        matches!(result, Ok(n) if n == line.len())
+        write_whole_line(&mut self.out, &mut self.tail, line)
     }
+
+    /// Finishes the last line, if the stream has room now.
+    fn finish(&mut self) -> bool {
+        finish_tail(&mut self.out, &mut self.tail)
+    }
+}
+
+/// `O_NONBLOCK` on a file description through `fcntl`.
+fn set_nonblocking(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own (for the duration of the call)
+    // reads and sets its status flags; no memory is passed.
+    #[allow(unsafe_code)]
+    let ok = unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        flags != -1 && libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) != -1
+    };
+    if ok { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Writes `line` whole or not at all: first the unwritten rest of the last
+/// line (if that cannot go, this line is dropped whole); a line the stream
+/// takes part of keeps its rest in `tail`. False: dropped.
+fn write_whole_line(out: &mut impl Write, tail: &mut Vec<u8>, line: &[u8]) -> bool {
+    if !finish_tail(out, tail) {
+        return false;
+    }
+    match out.write(line) {
+        Ok(n) if n == line.len() => true,
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            tail.extend_from_slice(&line[n..]);
+            true
+        }
+    }
+}
+
+fn finish_tail(out: &mut impl Write, tail: &mut Vec<u8>) -> bool {
+    while !tail.is_empty() {
+        match out.write(tail) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                tail.drain(..n);
+            }
+        }
+    }
+    true
 }
 
 /// How log lines are written (`--log-format`).
@@ -127,7 +202,14 @@ impl Log for Logger {
         }
     }
 
-    fn flush(&self) {}
+    /// Finishes a line the stream took part of (the loop calls this each
+    /// second, so a last line does not wait for the next one).
+    fn flush(&self) {
+        let mut guard = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(sink) = guard.0.as_mut() {
+            sink.finish();
+        }
+    }
 }
 
 impl Logger {
@@ -354,6 +436,44 @@ mod tests {
 
     fn logger(format: LogFormat) -> Logger {
         Logger { level: LevelFilter::Info, format, timestamps: false, out: Mutex::new((None, Vec::new())) }
+    }
+
+    /// A stream that takes `room` bytes per call, then none.
+    struct Stingy {
+        taken: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Stingy {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.room);
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.room -= n;
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_are_written_whole_or_dropped_whole_never_torn() {
+        let mut out = Stingy { taken: Vec::new(), room: 10 };
+        let mut tail = Vec::new();
+        assert!(write_whole_line(&mut out, &mut tail, b"first line\n"), "taken in part: its rest is kept");
+        assert!(!write_whole_line(&mut out, &mut tail, b"second\n"), "dropped whole while the first is unfinished");
+        out.room = 100;
+        assert!(write_whole_line(&mut out, &mut tail, b"third\n"));
+        assert_eq!(out.taken, b"first line\nthird\n", "no torn line, none interleaved");
+        out.room = 3;
+        assert!(write_whole_line(&mut out, &mut tail, b"fourth\n"));
+        assert!(!finish_tail(&mut out, &mut tail));
+        out.room = 100;
+        assert!(finish_tail(&mut out, &mut tail), "the loop's flush finishes it");
+        assert_eq!(out.taken, b"first line\nthird\nfourth\n");
     }
 
     #[test]

@@ -109,6 +109,15 @@ impl Exit {
 }
 
 impl Reason {
+    /// A connection whose read or write failed: a TLS failure (its label),
+    /// or the connection lost.
+    pub fn failed(error: &io::Error) -> Reason {
+        match crate::transport::TlsFailure::of(error) {
+            Some(failure) => Reason::TlsFailed(failure.0),
+            None => Reason::ConnectionLost(error.kind()),
+        }
+    }
+
     /// Problems a peer can cause are `info` (they are about the peer, not
     /// the hub); slow consumers are `warn` (they lose messages); ordinary
     /// endings are `debug`.

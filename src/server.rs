@@ -265,6 +265,8 @@ impl EventLoop {
             self.hub.flush(self.now);
             if let Some(stats) = self.hub.take_snapshot() {
                 self.shared.lock().stats = stats;
+                // A log line the stream took part of is finished now.
+                log::logger().flush();
                 if self.hub.take_trim_hint() {
                     give_memory_back();
                 }

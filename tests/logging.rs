@@ -67,3 +67,75 @@ fn text_from_a_peer_cannot_forge_log_lines() {
     assert!(!rest.lines().any(|l| l.contains("forged") && !l.contains("refused")), "{rest}");
     assert!(bin.wait_exit().success());
 }
+
+#[cfg(feature = "jwt")]
+#[test]
+fn a_slow_reader_gets_whole_lines_never_torn_ones() {
+    // Long JSON lines (a token's 5,000-byte `sub`, logged at debug with each
+    // upgrade) into a one-page pipe read slowly: a non-blocking write of
+    // more than the pipe holds is taken in part (as a stream socket,
+    // journald's, takes part of a long write).
+    const SECRET: &[u8] = b"a secret of at least thirty-two bytes, for HS256";
+    let dir = std::env::temp_dir().join(format!("wshub-torn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let mut command = wshub_command();
+    command.args(["--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug"]);
+    command.args(["--jwt-secret-file", secret.to_str().unwrap()]);
+    command.env("WSHUB_CONNECTION_RATE_PER_IP", "0").stderr(std::process::Stdio::piped());
+    let mut child = KillOnDrop(command.spawn().unwrap());
+    let stderr = child.0.stderr.take().unwrap();
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: F_SETPIPE_SZ on a pipe descriptor this test owns.
+        let set = unsafe { libc::fcntl(stderr.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+        assert!(set >= 4096, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+    }
+    let mut lines = std::io::BufReader::new(stderr);
+    let addr: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut lines, &mut line).unwrap() > 0, "exited before listening");
+        if let Some(rest) = line.split("listening on ws://").nth(1) {
+            break rest.split("/ws").next().unwrap().parse().unwrap();
+        }
+    };
+    // A slow reader, reading all along (512 bytes a millisecond), until the
+    // hub has been quiet a while (it is killed then: the pipe ends).
+    let slow = std::thread::spawn(move || {
+        let mut rest = Vec::new();
+        let mut chunk = [0u8; 512];
+        while let Ok(n @ 1..) = std::io::Read::read(&mut lines, &mut chunk) {
+            rest.extend_from_slice(&chunk[..n]);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        rest
+    });
+    let claims = format!(r#"{{"sub":"{}","subscribe":["*"]}}"#, "s".repeat(5000));
+    let path = format!("/ws?token={}", common::jwt::hs256_with(SECRET, &claims));
+    let clients: Vec<RawWs> = (0..100).map(|_| RawWs::connect(addr, &path)).collect();
+    drop(clients);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    drop(child);
+    let rest = slow.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&rest);
+    let mut subs = 0;
+    for line in text.lines() {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("a torn line ({e}): {line}"));
+        if event.get("sub").is_some() {
+            subs += 1;
+        }
+    }
+    assert!(subs >= 1, "some upgrade lines got through, whole: {subs}");
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

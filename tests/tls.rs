@@ -471,3 +471,22 @@ fn a_page_must_be_https_to_be_same_origin_with_a_tls_hub() {
     assert_eq!(status("http://localhost:443"), 403, "an http page on a TLS hub");
     assert_eq!(status("http://localhost"), 403);
 }
+
+#[test]
+fn a_tls_failure_after_data_counts_as_a_tls_error() {
+    let cert = test_cert();
+    let hub = Hub::start(cert.config.clone());
+    let mut listener = wss(&hub, &cert, "/ws");
+    let (mut tcp, mut peer) = record_peer(hub.addr);
+    let mut flight = peer.seal(APPLICATION_DATA, upgrade_request("/ws").as_bytes());
+    let mut bad = peer.seal(APPLICATION_DATA, &masked_frame(0x81, b"never"));
+    let last = bad.len() - 1;
+    bad[last] ^= 1; // a record that fails to decrypt, right after the request
+    flight.extend(bad);
+    tcp.write_all(&flight).unwrap();
+    wait_until("counted as a TLS error", || hub.publisher.stats().exited(Exit::TlsError) == 1);
+    assert_eq!(hub.publisher.stats().exited(Exit::ConnectionLost), 0);
+    assert_eq!(hub.publisher.stats().upgrades, 2, "the request before the bad record was served");
+    listener.send(Message::text("still here")).unwrap();
+    assert_eq!(next_text(&mut listener), "still here");
+}

@@ -140,7 +140,7 @@ impl<T: Transport> Fanout<'_, T> {
             && half_full
             && let Err(e) = write_client(client, self.cork, self.ctx.now, self.stats)
         {
-            self.deferred.push((id, Action::Drop(Reason::ConnectionLost(e.kind()))));
+            self.deferred.push((id, Action::Drop(Reason::failed(&e))));
         }
         client.mark_dirty(id, self.dirty);
     }

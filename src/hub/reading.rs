@@ -22,7 +22,7 @@ use super::{Flags, Hub};
 use crate::connection::{Action, Context, Reason};
 use crate::subscriptions::ClientId;
 use crate::time::Millis;
-use crate::transport::{Input, TlsFailure, Transport};
+use crate::transport::{Input, Transport};
 
 /// Who is read, and who waits out a rate limit.
 #[derive(Debug, Default)]
@@ -200,10 +200,6 @@ impl<T: Transport> Hub<T> {
 
     /// Reading or writing the connection failed.
     pub fn lost(&mut self, id: ClientId, error: &io::Error, now: Millis) {
-        let reason = match TlsFailure::of(error) {
-            Some(failure) => Reason::TlsFailed(failure.0),
-            None => Reason::ConnectionLost(error.kind()),
-        };
-        self.remove(id, reason, now);
+        self.remove(id, Reason::failed(error), now);
     }
 }

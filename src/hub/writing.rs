@@ -70,7 +70,7 @@ impl<T: Transport> Hub<T> {
         let Some(client) = self.clients.get_mut(id) else { return };
         if let Err(e) = result {
             debug!("{}: write: {e}", client.conn.peer());
-            self.remove(id, Reason::ConnectionLost(e.kind()), now);
+            self.remove(id, Reason::failed(&e), now);
             return;
         }
         let watch = client.flags.has(Flags::BLOCKED) || client.conn.is_closing();
