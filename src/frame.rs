@@ -169,33 +169,34 @@ pub struct FrameDecoder {
     message: Option<MessageKind>,
     /// Declared size of the message so far, for the size limit.
     message_len: u64,
-    /// Payload of a message that did not arrive in one piece.
-    message_buf: Vec<u8>,
+    /// Payloads that did not arrive in one piece.
+    pieces: Option<Box<Pieces>>,
     utf8: Utf8Validator,
-    /// Payload of a control frame that did not arrive in one piece.
-    control_buf: Vec<u8>,
     /// The last event borrowed `message_buf`: clear it on the next call.
     release_message: bool,
     /// The last event borrowed `control_buf`: clear it on the next call.
     release_control: bool,
 }
 
+/// The payload of a message, and of a control frame, received in pieces
+/// (boxed: most connections never hold one, and an idle connection should
+/// not carry two empty buffers).
+#[derive(Debug, Default)]
+struct Pieces {
+    message: Vec<u8>,
+    control: Vec<u8>,
+}
+
 impl FrameDecoder {
+    fn pieces(&mut self) -> &mut Pieces {
+        self.pieces.get_or_insert_with(Box::default)
+    }
+
     /// Decodes `input` (unmasking payload in place) until one event is
     /// complete or the input is used up.
     pub fn decode<'a>(&'a mut self, input: &'a mut [u8], max_message: usize) -> Result<Decoded<'a>, ProtocolError> {
-        if self.release_control {
-            self.release_control = false;
-            self.control_buf = Vec::new();
-        }
-        if self.release_message {
-            self.release_message = false;
-            // A large message must not pin its buffer to an idle connection.
-            if self.message_buf.capacity() > 4096 {
-                self.message_buf = Vec::new();
-            } else {
-                self.message_buf.clear();
-            }
+        if self.release_control || self.release_message {
+            self.release();
         }
         let mut pos = 0;
         loop {
@@ -227,9 +228,10 @@ impl FrameDecoder {
                     if self.message == Some(MessageKind::Text) {
                         self.utf8.feed(chunk).map_err(|_| ProtocolError::INVALID_UTF8)?;
                     }
-                    let whole_message_here = whole_frame_here && fin && self.message_buf.is_empty();
+                    let whole_message_here =
+                        whole_frame_here && fin && self.pieces.as_ref().is_none_or(|p| p.message.is_empty());
                     if !whole_message_here {
-                        self.message_buf.extend_from_slice(chunk);
+                        self.pieces().message.extend_from_slice(chunk);
                     }
                     if !(done && fin) {
                         if pos == input.len() {
@@ -242,13 +244,13 @@ impl FrameDecoder {
                         &({ input })[start..pos]
                     } else {
                         self.release_message = true;
-                        &self.message_buf
+                        self.pieces.as_ref().map_or(&[][..], |p| &p.message)
                     };
                     return Ok(Decoded { consumed: pos, event: Some(Event::Message(kind, payload)) });
                 }
                 FrameKind::Control(control) => {
                     if !whole_frame_here {
-                        self.control_buf.extend_from_slice(chunk);
+                        self.pieces().control.extend_from_slice(chunk);
                     }
                     if !done {
                         return Ok(Decoded { consumed: pos, event: None });
@@ -257,7 +259,7 @@ impl FrameDecoder {
                         &({ input })[start..pos]
                     } else {
                         self.release_control = true;
-                        &self.control_buf
+                        self.pieces.as_ref().map_or(&[][..], |p| &p.control)
                     };
                     let event = control_event(control, payload)?;
                     return Ok(Decoded { consumed: pos, event: Some(event) });
@@ -273,7 +275,29 @@ impl FrameDecoder {
 
     /// Heap bytes held for messages and control frames not yet complete.
     pub fn buffered_bytes(&self) -> usize {
-        self.message_buf.capacity() + self.control_buf.capacity()
+        self.pieces.as_ref().map_or(0, |p| std::mem::size_of::<Pieces>() + p.message.capacity() + p.control.capacity())
+    }
+
+    /// Lets go of what the last event borrowed; frees the pieces once both
+    /// are empty (a message buffer of up to 4 KiB is kept for the next
+    /// fragmented message; a larger one must not pin memory to an idle
+    /// connection).
+    fn release(&mut self) {
+        let (control, message) = (std::mem::take(&mut self.release_control), std::mem::take(&mut self.release_message));
+        let Some(pieces) = self.pieces.as_mut() else { return };
+        if control {
+            pieces.control = Vec::new();
+        }
+        if message {
+            if pieces.message.capacity() > 4096 {
+                pieces.message = Vec::new();
+            } else {
+                pieces.message.clear();
+            }
+        }
+        if pieces.message.capacity() == 0 && pieces.control.capacity() == 0 {
+            self.pieces = None;
+        }
     }
 
     /// Reads a frame header from the saved partial header plus `input` and
@@ -359,7 +383,8 @@ impl FrameDecoder {
                 if !header.is_final {
                     // Fragmented: reserve for what is declared, within reason.
                     let wanted = (message_len as usize).min(1 << 20);
-                    self.message_buf.reserve(wanted.saturating_sub(self.message_buf.len()));
+                    let buf = &mut self.pieces().message;
+                    buf.reserve(wanted.saturating_sub(buf.len()));
                 }
                 FrameKind::Data
             }

@@ -77,9 +77,16 @@ fn slots_changed(before: usize, after: usize) {
     SLOTS.with(|slots| slots.set(slots.get() + after * SLOT - before * SLOT));
 }
 
+/// The queue: the front frame inline, the rest in a ring that is only
+/// allocated when two or more frames wait. A client that keeps up (one
+/// frame at a time, written at the end of each turn) and an idle one never
+/// allocate it (measured: 80 bytes an idle connection kept from its 101).
 #[derive(Debug, Default)]
 pub struct SendQueue {
-    frames: VecDeque<SharedFrame>,
+    /// The front frame; `None` only when the queue is empty.
+    front: Option<SharedFrame>,
+    /// The frames after the front one.
+    rest: VecDeque<SharedFrame>,
     /// Bytes of the front frame already written.
     offset: usize,
     /// Bytes queued and not yet written.
@@ -91,10 +98,10 @@ impl SendQueue {
     /// bound is still accepted by an empty queue, so that a message size
     /// limit above the queue's byte bound does not make messages undeliverable.
     pub fn push(&mut self, frame: SharedFrame, limits: QueueLimits) -> Result<(), Overflow> {
-        if self.frames.len() >= limits.messages {
+        if self.len() >= limits.messages {
             return Err(Overflow::Messages);
         }
-        if !self.frames.is_empty() && self.pending + frame.len() > limits.bytes {
+        if !self.is_empty() && self.pending + frame.len() > limits.bytes {
             return Err(Overflow::Bytes);
         }
         self.push_unbounded(frame);
@@ -105,22 +112,24 @@ impl SendQueue {
     /// the bounds. Used at most once or twice per connection.
     pub fn push_unbounded(&mut self, frame: SharedFrame) {
         self.pending += frame.len();
-        if self.frames.len() == self.frames.capacity() {
+        if self.front.is_none() {
+            self.front = Some(frame);
+        } else if self.rest.len() == self.rest.capacity() {
             // Full: the push grows the slots (rare: amortized doubling).
-            let before = self.frames.capacity();
-            self.frames.push_back(frame);
-            slots_changed(before, self.frames.capacity());
+            let before = self.rest.capacity();
+            self.rest.push_back(frame);
+            slots_changed(before, self.rest.capacity());
         } else {
-            self.frames.push_back(frame);
+            self.rest.push_back(frame);
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.front.is_none()
     }
 
     pub fn len(&self) -> usize {
-        self.frames.len()
+        usize::from(self.front.is_some()) + self.rest.len()
     }
 
     pub fn pending_bytes(&self) -> usize {
@@ -130,11 +139,13 @@ impl SendQueue {
     /// Drops every frame not yet started, keeping a partly written front
     /// frame so the stream stays well framed for a final close.
     pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.offset > 0);
-        while self.frames.len() > keep {
-            if let Some(frame) = self.frames.pop_back() {
-                self.pending -= frame.len();
-            }
+        while let Some(frame) = self.rest.pop_back() {
+            self.pending -= frame.len();
+        }
+        if self.offset == 0
+            && let Some(front) = self.front.take()
+        {
+            self.pending -= front.len();
         }
     }
 
@@ -148,10 +159,10 @@ impl SendQueue {
     /// [`gather`]: SendQueue::gather
     /// [`advance`]: SendQueue::advance
     pub fn chunk<'a>(&'a self, cork: &'a mut Vec<u8>) -> Chunk<'a> {
-        let Some(front) = self.frames.front() else {
+        let Some(front) = &self.front else {
             return Chunk::Empty;
         };
-        if self.frames.len() == 1 {
+        if self.rest.is_empty() {
             return Chunk::Slice(&front[self.offset..]);
         }
         if self.pending > CORK_BYTES {
@@ -159,7 +170,7 @@ impl SendQueue {
         }
         cork.clear();
         cork.extend_from_slice(&front[self.offset..]);
-        for frame in self.frames.iter().skip(1) {
+        for frame in &self.rest {
             cork.extend_from_slice(frame);
         }
         Chunk::Slice(cork)
@@ -168,10 +179,12 @@ impl SendQueue {
     /// The queued frames as slices for one `writev` (at most `slices.len()`
     /// of them); returns how many it filled.
     pub fn gather<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
-        let mut count = 0;
-        for (slot, frame) in slices.iter_mut().zip(&self.frames) {
-            let start = if count == 0 { self.offset } else { 0 };
-            *slot = IoSlice::new(&frame[start..]);
+        let Some(front) = &self.front else { return 0 };
+        let Some((first, others)) = slices.split_first_mut() else { return 0 };
+        *first = IoSlice::new(&front[self.offset..]);
+        let mut count = 1;
+        for (slot, frame) in others.iter_mut().zip(&self.rest) {
+            *slot = IoSlice::new(frame);
             count += 1;
         }
         count
@@ -191,7 +204,7 @@ impl SendQueue {
     pub fn advance(&mut self, mut n: usize) {
         self.pending -= n.min(self.pending);
         while n > 0 {
-            let Some(front) = self.frames.front() else {
+            let Some(front) = &self.front else {
                 return;
             };
             let left = front.len() - self.offset;
@@ -201,11 +214,11 @@ impl SendQueue {
             }
             n -= left;
             self.offset = 0;
-            self.frames.pop_front();
+            self.front = self.rest.pop_front();
         }
-        if self.frames.is_empty() && self.frames.capacity() > KEEP_CAPACITY {
-            slots_changed(self.frames.capacity(), 0);
-            self.frames = VecDeque::new();
+        if self.rest.is_empty() && self.rest.capacity() > KEEP_CAPACITY {
+            slots_changed(self.rest.capacity(), 0);
+            self.rest = VecDeque::new();
         }
     }
 
@@ -236,8 +249,8 @@ impl SendQueue {
 
 impl Drop for SendQueue {
     fn drop(&mut self) {
-        if self.frames.capacity() > 0 {
-            slots_changed(self.frames.capacity(), 0);
+        if self.rest.capacity() > 0 {
+            slots_changed(self.rest.capacity(), 0);
         }
     }
 }

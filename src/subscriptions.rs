@@ -30,12 +30,51 @@ struct Membership {
     position: u32,
 }
 
+/// A client's subscriptions: most clients have one topic, held inline (no
+/// allocation per client); several go in a boxed slice.
+#[derive(Debug, Default)]
+enum Joined {
+    #[default]
+    None,
+    One(Membership),
+    Many(Box<[Membership]>),
+}
+
+impl Joined {
+    fn from_vec(mut list: Vec<Membership>) -> Joined {
+        match list.len() {
+            0 => Joined::None,
+            1 => Joined::One(list[0]),
+            _ => {
+                list.shrink_to_fit();
+                Joined::Many(list.into_boxed_slice())
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[Membership] {
+        match self {
+            Joined::None => &[],
+            Joined::One(one) => std::slice::from_ref(one),
+            Joined::Many(many) => many,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Membership] {
+        match self {
+            Joined::None => &mut [],
+            Joined::One(one) => std::slice::from_mut(one),
+            Joined::Many(many) => many,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     topics: Slab<TopicEntry>,
     by_name: HashMap<Topic, u32>,
     /// Indexed by client id; empty for ids not subscribed.
-    memberships: Vec<Vec<Membership>>,
+    memberships: Vec<Joined>,
     /// Indexed by client id: the last broadcast that reached it.
     stamps: Vec<u64>,
     /// Indexed by client id: bit `i` set when the client may publish to its
@@ -56,12 +95,12 @@ impl Subscriptions {
         mut created: impl FnMut(&Topic),
     ) {
         if self.memberships.len() <= client {
-            self.memberships.resize_with(client + 1, Vec::new);
+            self.memberships.resize_with(client + 1, Joined::default);
             self.stamps.resize(client + 1, 0);
             self.publish_masks.resize(client + 1, 0);
         }
         self.publish_masks[client] = publish_mask;
-        debug_assert!(self.memberships[client].is_empty(), "client {client} subscribed twice");
+        debug_assert!(self.memberships[client].as_slice().is_empty(), "client {client} subscribed twice");
         let mut joined = Vec::with_capacity(topics.len());
         for topic in topics {
             let index = match self.by_name.get(topic) {
@@ -77,7 +116,7 @@ impl Subscriptions {
             joined.push(Membership { topic: index, position: subscribers.len() as u32 });
             subscribers.push(client as u32);
         }
-        self.memberships[client] = joined;
+        self.memberships[client] = Joined::from_vec(joined);
     }
 
     /// Removes a client from all its topics; a topic left empty is
@@ -86,12 +125,12 @@ impl Subscriptions {
         let Some(joined) = self.memberships.get_mut(client).map(std::mem::take) else {
             return;
         };
-        for Membership { topic, position } in joined {
+        for &Membership { topic, position } in joined.as_slice() {
             let entry = &mut self.topics[topic as usize];
             entry.subscribers.swap_remove(position as usize);
             if let Some(&moved) = entry.subscribers.get(position as usize) {
                 // The last subscriber now sits where we were: tell it.
-                if let Some(m) = self.memberships[moved as usize].iter_mut().find(|m| m.topic == topic) {
+                if let Some(m) = self.memberships[moved as usize].as_mut_slice().iter_mut().find(|m| m.topic == topic) {
                     m.position = position;
                 }
             }
@@ -108,7 +147,7 @@ impl Subscriptions {
     /// Calls `deliver` once for every client subscribed to any topic of
     /// `sender` that it may publish to, the sender included.
     pub fn for_each_peer(&mut self, sender: ClientId, mut deliver: impl FnMut(ClientId)) {
-        let Some(joined) = self.memberships.get(sender) else {
+        let Some(joined) = self.memberships.get(sender).map(Joined::as_slice) else {
             return;
         };
         let mask = self.publish_masks[sender];
@@ -144,7 +183,7 @@ impl Subscriptions {
     /// The topics `sender`'s messages go to (those it may publish to), in
     /// its order.
     pub fn publish_topics(&self, sender: ClientId) -> impl Iterator<Item = &Topic> + Clone {
-        let joined = self.memberships.get(sender).map_or(&[][..], |j| &j[..]);
+        let joined = self.memberships.get(sender).map_or(&[][..], Joined::as_slice);
         let mask = self.publish_masks.get(sender).copied().unwrap_or(0);
         joined
             .iter()
@@ -180,7 +219,8 @@ impl Subscriptions {
         let held = &held[..count];
         let mut delivered = 0;
         for &client in &self.topics[index as usize].subscribers {
-            if held.is_empty() || !self.memberships[client as usize].iter().any(|m| held.contains(&m.topic)) {
+            if held.is_empty() || !self.memberships[client as usize].as_slice().iter().any(|m| held.contains(&m.topic))
+            {
                 deliver(client as ClientId);
                 delivered += 1;
             }
