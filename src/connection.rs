@@ -385,7 +385,8 @@ impl Connection {
                 Ok(admitted) => {
                     self.push_unbounded(SharedFrame::from(http::upgrade_response(&upgrade.accept_key)), ctx.now);
                     if let Some(sub) = &admitted.sub {
-                        log::debug!(peer:% = self.peer, sub = sub.as_str(); "{}: token sub {sub:?}", self.peer);
+                        let peer = crate::logger::ShortText::of(self.peer);
+                        log::debug!(peer = peer.as_str(), sub = sub.as_str(); "{}: token sub {sub}", self.peer);
                     }
                     self.phase = Phase::Open {
                         decoder: FrameDecoder::default(),
@@ -580,7 +581,7 @@ impl Connection {
     }
 
     /// Writes as much of the queue as `out` takes (see
-    /// [`SendQueue::chunks`] for how it is gathered) and returns the bytes
+    /// [`SendQueue::chunk`] for how it is gathered) and returns the bytes
     /// written; back-pressure (`WouldBlock`, or a writer that takes nothing)
     /// just stops. Progress resets the write-timeout clock.
     pub fn transmit(&mut self, out: &mut impl Write, cork: &mut Vec<u8>, now: Millis) -> io::Result<usize> {

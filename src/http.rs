@@ -164,7 +164,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Rejection> 
     let headers = Headers(req.headers);
     // RFC 9112 §3.2: a request without exactly one Host is a bad request.
     let host = match headers.single("host")?.map(std::str::from_utf8) {
-        Some(Ok(host)) if !host.trim().is_empty() => host.trim().to_string(),
+        Some(Ok(host)) if !host.trim_ascii().is_empty() => host.trim_ascii().to_string(),
         _ => return Err(reject(400, "missing Host header")),
     };
     let request = match path {
@@ -217,7 +217,9 @@ impl Headers<'_, '_> {
         // An Origin that is not text is not "no Origin": refuse it.
         let origin = match self.single("origin")? {
             None => None,
-            Some(v) => Some(std::str::from_utf8(v).map_err(|_| reject(400, "Origin is not UTF-8"))?.trim().to_string()),
+            Some(v) => {
+                Some(std::str::from_utf8(v).map_err(|_| reject(400, "Origin is not UTF-8"))?.trim_ascii().to_string())
+            }
         };
         let browser = origin.is_some() || self.0.iter().any(|h| starts_with_ignore_case(h.name, "sec-fetch-"));
         let proxied =
@@ -234,9 +236,9 @@ fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
 /// The token of an `Authorization: Bearer <token>` value. RFC 9110 §11.1:
 /// the scheme is case-insensitive.
 fn bearer_token(value: &[u8]) -> Option<&str> {
-    let value = std::str::from_utf8(value).ok()?.trim();
+    let value = std::str::from_utf8(value).ok()?.trim_ascii();
     let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
+    let token = token.trim_ascii();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 

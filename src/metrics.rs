@@ -88,11 +88,11 @@ pub fn render(stats: &Stats, extras: &Extras) -> String {
         out.gauge("process_resident_memory_bytes", "Resident memory size in bytes.", p.resident_bytes);
         out.gauge("process_virtual_memory_bytes", "Virtual memory size in bytes.", p.virtual_bytes);
         out.family("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
-        out.float("process_cpu_seconds_total", p.cpu_seconds);
+        out.centis("process_cpu_seconds_total", p.cpu_centiseconds);
         out.gauge("process_open_fds", "Number of open file descriptors.", p.open_fds);
         out.gauge("process_max_fds", "Maximum number of open file descriptors.", p.max_fds);
         out.family("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.");
-        out.float("process_start_time_seconds", p.start_time_seconds);
+        out.centis("process_start_time_seconds", p.start_time_centiseconds);
     }
     out.0
 }
@@ -199,8 +199,9 @@ impl Text {
         self.sample(name, &[], value);
     }
 
-    fn float(&mut self, name: &str, value: f64) {
-        let _ = writeln!(self.0, "{name} {value}");
+    /// A value in hundredths, written as a decimal (`12.34`).
+    fn centis(&mut self, name: &str, value: u64) {
+        let _ = writeln!(self.0, "{name} {}.{:02}", value / 100, value % 100);
     }
 }
 
@@ -213,7 +214,11 @@ mod tests {
         let mut stats = Stats { open: 3, accepted: 7, redis: Some(RedisStats::default()), ..Stats::default() };
         stats.count_rejection(401);
         stats.count_exit(Exit::SlowConsumer);
-        let process = ProcessMetrics { cpu_seconds: 1.5, start_time_seconds: 1.8e9, ..ProcessMetrics::default() };
+        let process = ProcessMetrics {
+            cpu_centiseconds: 150,
+            start_time_centiseconds: 180_000_000_012,
+            ..ProcessMetrics::default()
+        };
         let text = render(&stats, &Extras { process: Some(process), ..Extras::default() });
         assert!(text.contains("wshub_connections{state=\"open\"} 3\n"));
         assert!(text.contains("wshub_connections_accepted_total 7\n"));
@@ -221,7 +226,8 @@ mod tests {
         assert!(text.contains("wshub_http_rejections_total{status=\"other\"} 0\n"));
         assert!(text.contains("wshub_disconnects_total{reason=\"slow_consumer\",code=\"1013\"} 1\n"));
         assert!(text.contains("wshub_disconnects_total{reason=\"idle_timeout\"} 0\n"));
-        assert!(text.contains("process_cpu_seconds_total 1.5\n"));
+        assert!(text.contains("process_cpu_seconds_total 1.50\n"));
+        assert!(text.contains("process_start_time_seconds 1800000000.12\n"));
         assert!(text.contains("wshub_redis_up{link=\"publisher\"} 0\n"));
         assert!(text.contains("wshub_redis_unshared_total{reason=\"buffer_full\"} 0\n"));
         assert!(!render(&Stats::default(), &Extras::default()).contains("redis"), "only with --redis");

@@ -62,7 +62,7 @@ pub fn known_host(host: &str, allowed_hosts: &[String]) -> bool {
 /// Checks one `--allowed-hosts` entry: a host name without a port,
 /// lowercased.
 pub fn parse_host_name(entry: &str) -> Result<String, String> {
-    let name = entry.trim().to_ascii_lowercase();
+    let name = entry.trim_ascii().to_ascii_lowercase();
     let valid = !name.is_empty()
         && name.len() <= 253
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
@@ -72,7 +72,7 @@ pub fn parse_host_name(entry: &str) -> Result<String, String> {
 
 impl Origin {
     fn parse(text: &str) -> Option<Origin> {
-        let (scheme, authority) = text.trim().split_once("://")?;
+        let (scheme, authority) = text.trim_ascii().split_once("://")?;
         let scheme = scheme.to_ascii_lowercase();
         let (host, port) = split_host_port(authority.strip_suffix('/').unwrap_or(authority))?;
         let port = port.or_else(|| default_port(&scheme))?;

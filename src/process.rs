@@ -9,15 +9,19 @@ use std::fs;
 pub struct ProcessMetrics {
     pub resident_bytes: u64,
     pub virtual_bytes: u64,
-    pub cpu_seconds: f64,
+    /// CPU time in hundredths of a second (the kernel's ticks are that
+    /// fine; whole numbers keep float formatting out of a small binary).
+    pub cpu_centiseconds: u64,
     pub open_fds: u64,
     pub max_fds: u64,
-    pub start_time_seconds: f64,
+    /// Start time since the epoch, in hundredths of a second.
+    pub start_time_centiseconds: u64,
 }
 
 /// Linux reports CPU times in `/proc` in USER_HZ ticks, which the kernel's
-/// user-space ABI fixes at 100 per second on every architecture we build for.
-const USER_HZ: f64 = 100.0;
+/// user-space ABI fixes at 100 per second on every architecture we build
+/// for: a tick is a hundredth of a second.
+const USER_HZ: u64 = 100;
 
 /// Reads `/proc/self/{stat,status,limits,fd}` and `/proc/stat`; `None`
 /// where there is no procfs.
@@ -29,11 +33,13 @@ pub fn sample() -> Option<ProcessMetrics> {
     let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let kib = |key: &str| {
-        status.lines().find_map(|l| l.strip_prefix(key)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim_ascii().strip_suffix("kB")?.trim_ascii().parse::<u64>().ok())
     };
     let boot = fs::read_to_string("/proc/stat")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok()))
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim_ascii().parse::<u64>().ok()))
         .unwrap_or(0);
     let max_fds = fs::read_to_string("/proc/self/limits")
         .ok()
@@ -44,10 +50,10 @@ pub fn sample() -> Option<ProcessMetrics> {
     Some(ProcessMetrics {
         resident_bytes: kib("VmRSS:")? * 1024,
         virtual_bytes: kib("VmSize:")? * 1024,
-        cpu_seconds: (field(14)? + field(15)?) as f64 / USER_HZ,
+        cpu_centiseconds: (field(14)? + field(15)?) * 100 / USER_HZ,
         open_fds,
         max_fds,
-        start_time_seconds: boot as f64 + field(22)? as f64 / USER_HZ,
+        start_time_centiseconds: boot * 100 + field(22)? * 100 / USER_HZ,
     })
 }
 
@@ -60,7 +66,8 @@ mod tests {
         let p = sample().expect("procfs");
         assert!(p.resident_bytes > 1024 * 1024, "{p:?}");
         assert!(p.open_fds >= 3 && p.max_fds >= p.open_fds, "{p:?}");
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-        assert!(p.start_time_seconds > now - 3600.0 && p.start_time_seconds <= now + 1.0, "{p:?}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() * 100;
+        let started = p.start_time_centiseconds;
+        assert!(started > now - 360_000 && started <= now + 100, "{p:?}");
     }
 }

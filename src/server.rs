@@ -382,7 +382,8 @@ impl EventLoop {
                     // stay in the backlog), or an error retrying cannot cure:
                     // retrying at once would spin. Try again shortly (said at
                     // most once a minute).
-                    let text = format_args!("cannot accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?} at a time");
+                    let pause = ACCEPT_BACKOFF.as_millis() as u64;
+                    let text = format_args!("cannot accept: {e}; pausing accepts for {pause} ms at a time");
                     self.accept_warnings.log(log::Level::Warn, self.now, text);
                     let resource = is_out_of_descriptors(&e) || is_out_of_memory(&e);
                     let backoff = if refusals > 0 && resource { 0 } else { ACCEPT_BACKOFF.as_millis() as Millis };
@@ -471,9 +472,9 @@ impl EventLoop {
             return;
         }
         info!(
-            "{why}: shutting down ({} connection(s), at most {:?})",
+            "{why}: shutting down ({} connection(s), at most {} ms)",
             self.hub.len(),
-            self.hub.config().shutdown_timeout
+            self.hub.config().shutdown_timeout.as_millis() as u64
         );
         self.shared.lock().shutdown_requested = true;
         if self.hub.config().systemd {
@@ -563,6 +564,7 @@ fn give_memory_back() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointer and only walks glibc's own heap
     // under its own lock; it is safe to call at any time from any thread.
+    #[allow(unsafe_code)]
     unsafe {
         libc::malloc_trim(0);
     }

@@ -23,7 +23,8 @@ pub struct Stats {
     pub accepted: u64,
     /// WebSocket upgrades completed (counter).
     pub upgrades: u64,
-    /// Requests refused, by status; index as [`REJECTION_STATUSES`] (counter).
+    /// Requests refused, by status (400, 401, 403, 404, 405, 411, 413, 426,
+    /// 431, 500, 503, then any other), in that order (counter).
     pub rejected: [u64; REJECTION_STATUSES.len()],
     /// Connections ended, by [`Exit`] (counter).
     pub exits: [u64; Exit::ALL.len()],

@@ -131,8 +131,10 @@ fn a_slow_reader_gets_whole_lines_never_torn_ones() {
 }
 
 /// A child process killed when the test ends, however it ends.
+#[cfg(feature = "jwt")]
 struct KillOnDrop(std::process::Child);
 
+#[cfg(feature = "jwt")]
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -188,8 +188,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.ping_interval >= self.idle_timeout {
             return Err(format!(
-                "--ping-interval ({:?}) must be shorter than --idle-timeout ({:?}), or silent clients are dropped before they are pinged",
-                self.ping_interval, self.idle_timeout
+                "--ping-interval ({} ms) must be shorter than --idle-timeout ({} ms), or silent clients are dropped before they are pinged",
+                self.ping_interval.as_millis() as u64,
+                self.idle_timeout.as_millis() as u64
             ));
         }
         if self.max_message_size > (1 << 30) {

@@ -47,6 +47,7 @@ use crate::redis::Bridge;
 use crate::stats::Stats;
 use crate::subscriptions::Subscriptions;
 use crate::time::{Millis, NEVER};
+use crate::topic::Topic;
 use crate::transport::Transport;
 
 pub use crate::subscriptions::ClientId;
@@ -342,7 +343,10 @@ impl<T: Transport> Hub<T> {
                             bridge.topic_added(topic, now);
                         }
                     });
-                    debug!("{}: upgraded, topics {topics:?}", client.conn.peer());
+                    if log::log_enabled!(log::Level::Debug) {
+                        let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
+                        debug!("{}: upgraded, topics {}", client.conn.peer(), names.join(", "));
+                    }
                 }
             }
             Action::Broadcast(frame) => {
@@ -419,11 +423,13 @@ impl<T: Transport> Hub<T> {
             && let Some(suppressed) = self.log_limit.admit(exit, now)
         {
             let (label, code, status) = (exit.label(), reason.close_code(), reason.http_status());
+            let text = crate::logger::ShortText::of(peer);
+            let peer_field = text.as_str();
             if suppressed > 0 {
-                log::log!(level, peer:% = peer, reason = label, code = code, status = status, suppressed = suppressed;
+                log::log!(level, peer = peer_field, reason = label, code = code, status = status, suppressed = suppressed;
                     "{peer}: {reason} ({suppressed} more like it were not logged)");
             } else {
-                log::log!(level, peer:% = peer, reason = label, code = code, status = status; "{peer}: {reason}");
+                log::log!(level, peer = peer_field, reason = label, code = code, status = status; "{peer}: {reason}");
             }
         }
     }

@@ -6,7 +6,7 @@
 //! `more` tells the driver to come back. Writing encrypts the plaintext the
 //! connection's queue hands it, as late as possible (frames stay shared
 //! plaintext in the queues). Handshake failures and plaintext on the TLS
-//! port surface as read errors carrying a [`TlsFailure`], so they end
+//! port surface as read errors carrying a [`TlsFailure`](crate::transport::TlsFailure), so they end
 //! through the hub's one exit path, logged (rate-limited) and counted; a
 //! stalled handshake is bound by `--handshake-timeout` because the
 //! connection is still in its request phase.
