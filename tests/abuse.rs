@@ -182,9 +182,12 @@ fn a_flooding_client_does_not_starve_a_quiet_one() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flooder.join().unwrap();
-    // Generous: the point is that the quiet client is served every turn, not
-    // after the flooder's backlog (seconds, before the fix).
-    assert!(worst < Duration::from_secs(2), "a quiet round trip took {worst:?}");
+    // Generous, for a loaded 2-core machine with three busy threads: the
+    // point is that the quiet client is served at all while the flooder
+    // floods (before the fix it waited for the flooder's whole backlog).
+    // The rule itself (one share per turn) is pinned in the hub's sans-IO
+    // tests.
+    assert!(worst < Duration::from_secs(5), "a quiet round trip took {worst:?}");
 }
 
 #[test]

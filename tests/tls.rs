@@ -147,7 +147,8 @@ fn idle_clients_and_stalled_handshakes_are_dropped_in_time() {
     let config = Config {
         idle_timeout: Duration::from_secs(1),
         ping_interval: Duration::from_millis(500),
-        handshake_timeout: Duration::from_secs(1),
+        // Room for a TLS handshake on a loaded machine (a debug build).
+        handshake_timeout: Duration::from_secs(3),
         ..cert.config.clone()
     };
     let hub = Hub::start(config);
@@ -451,7 +452,8 @@ fn a_flood_of_tiny_records_is_cut_off_without_starving_others() {
     assert!(flooder.join().unwrap(), "the flooder was never cut off");
     let line = bin.wait_for_log("TLS failed");
     assert!(line.contains("records almost empty"), "{line}");
-    assert!(worst < Duration::from_secs(2), "a quiet round trip took {worst:?}");
+    // Generous for a loaded machine (the rule is pinned in sans-IO tests).
+    assert!(worst < Duration::from_secs(5), "a quiet round trip took {worst:?}");
 }
 
 #[test]
