@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::stats::Stats;
@@ -53,7 +54,8 @@ pub enum PublishError {
     InvalidTopic(TopicError),
     /// Larger than `--max-message-size`.
     TooLarge,
-    /// The queue to the loop is full: the loop is behind; try again later.
+    /// The queue to the loop is full (in messages, or in bytes: an eighth
+    /// of `--max-buffered-bytes`): the loop is behind; try again later.
     Full,
     /// The server has stopped or is shutting down.
     Closed,
@@ -75,6 +77,8 @@ impl std::error::Error for PublishError {}
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
     pub messages: VecDeque<(Topic, Message)>,
+    /// Payload bytes of `messages`.
+    bytes: usize,
     pub shutdown_requested: bool,
     pub closed: bool,
     /// The loop's latest snapshot (refreshed at every deadline sweep, at
@@ -82,16 +86,41 @@ pub(crate) struct Inbox {
     pub stats: Stats,
 }
 
+/// How much the inbox may hold before a publish is refused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub messages: usize,
+    /// Payload bytes; one message is taken by an empty inbox whatever its
+    /// size (`max_message` bounds it).
+    pub bytes: usize,
+    pub max_message: usize,
+}
+
 pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
     waker: mio::Waker,
-    capacity: usize,
-    max_message: usize,
+    bounds: Bounds,
+    /// `Inbox::bytes`, readable without the lock: the hub counts it in
+    /// `--max-buffered-bytes`.
+    held: Arc<AtomicUsize>,
 }
 
 impl Shared {
-    pub fn new(waker: mio::Waker, capacity: usize, max_message: usize) -> Arc<Shared> {
-        Arc::new(Shared { inbox: Mutex::new(Inbox::default()), waker, capacity, max_message })
+    pub fn new(waker: mio::Waker, bounds: Bounds) -> Arc<Shared> {
+        let held = Arc::new(AtomicUsize::new(0));
+        Arc::new(Shared { inbox: Mutex::new(Inbox::default()), waker, bounds, held })
+    }
+
+    /// The inbox's payload bytes, as a counter the hub's budget reads.
+    pub fn held(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.held)
+    }
+
+    /// Takes every queued message (the loop, once per wake-up).
+    pub fn take(&self, inbox: &mut Inbox) -> VecDeque<(Topic, Message)> {
+        inbox.bytes = 0;
+        self.held.store(0, Ordering::Relaxed);
+        std::mem::take(&mut inbox.messages)
     }
 
     /// A panic elsewhere while holding the lock cannot leave the queue in a
@@ -118,17 +147,21 @@ impl Publisher {
     pub fn publish(&self, topic: &str, message: impl Into<Message>) -> Result<(), PublishError> {
         let topic = Topic::new(topic).map_err(PublishError::InvalidTopic)?;
         let message = message.into();
-        if message.len() > self.shared.max_message {
+        let bounds = self.shared.bounds;
+        if message.len() > bounds.max_message {
             return Err(PublishError::TooLarge);
         }
         let mut inbox = self.shared.lock();
         if inbox.closed || inbox.shutdown_requested {
             return Err(PublishError::Closed);
         }
-        if inbox.messages.len() >= self.shared.capacity {
+        let first = inbox.messages.is_empty();
+        let bytes = inbox.bytes + message.len();
+        if inbox.messages.len() >= bounds.messages || (!first && bytes > bounds.bytes) {
             return Err(PublishError::Full);
         }
-        let first = inbox.messages.is_empty();
+        inbox.bytes = bytes;
+        self.shared.held.store(bytes, Ordering::Relaxed);
         inbox.messages.push_back((topic, message));
         drop(inbox);
         // The loop drains everything per wake-up: one wake per batch suffices.
@@ -154,5 +187,44 @@ impl Publisher {
         if let Err(e) = self.shared.waker.wake() {
             log::error!("could not wake the event loop: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher(bounds: Bounds) -> (Publisher, mio::Poll) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker");
+        (Publisher { shared: Shared::new(waker, bounds) }, poll)
+    }
+
+    #[test]
+    fn the_inbox_is_bounded_in_bytes_and_counted_until_taken() {
+        let bounds = Bounds { messages: 100, bytes: 1000, max_message: 800 };
+        let (publisher, _poll) = publisher(bounds);
+        let held = publisher.shared.held();
+        // An empty inbox takes one message whatever its size...
+        publisher.publish("a", vec![0u8; 800]).expect("first");
+        assert_eq!(held.load(Ordering::Relaxed), 800);
+        // ...and then only what fits in the byte bound.
+        publisher.publish("a", vec![0u8; 200]).expect("fits");
+        assert_eq!(publisher.publish("a", vec![0u8; 1]), Err(PublishError::Full));
+        assert_eq!(held.load(Ordering::Relaxed), 1000);
+        let taken = publisher.shared.take(&mut publisher.shared.lock());
+        assert_eq!(taken.len(), 2);
+        assert_eq!(held.load(Ordering::Relaxed), 0);
+        publisher.publish("a", vec![0u8; 1]).expect("room again");
+        assert_eq!(publisher.publish("a", vec![0u8; 801]), Err(PublishError::TooLarge));
+    }
+
+    #[test]
+    fn the_inbox_is_bounded_in_messages() {
+        let bounds = Bounds { messages: 2, bytes: 1 << 20, max_message: 10 };
+        let (publisher, _poll) = publisher(bounds);
+        publisher.publish("a", "1").expect("first");
+        publisher.publish("a", "2").expect("second");
+        assert_eq!(publisher.publish("a", "3"), Err(PublishError::Full));
     }
 }

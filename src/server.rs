@@ -139,7 +139,12 @@ impl Server {
         } else {
             None
         };
-        let shared = Shared::new(waker, config.publisher_queue, config.max_message_size);
+        let bounds = crate::publisher::Bounds {
+            messages: config.publisher_queue,
+            bytes: config.max_buffered_bytes / 8,
+            max_message: config.max_message_size,
+        };
+        let shared = Shared::new(waker, bounds);
         // With --redis, `Publisher::stats` has Redis figures from the start.
         shared.lock().stats.redis = config.redis.as_ref().map(|_| Default::default());
         Ok(Server { config, verifier, tls, poll, listener, local_addr, admin, signals, shared, redis })
@@ -170,6 +175,7 @@ impl Server {
         let systemd = self.config.systemd;
         let bridge = self.redis.as_ref().map(|redis| redis.bridge(&self.config));
         let mut hub = Hub::new(self.config);
+        hub.count_inbox(self.shared.held());
         if let Some(bridge) = bridge {
             hub.set_bridge(bridge);
         }
@@ -404,7 +410,7 @@ impl EventLoop {
     fn drain_inbox(&mut self) {
         let (messages, shutdown) = {
             let mut inbox = self.shared.lock();
-            (std::mem::take(&mut inbox.messages), inbox.shutdown_requested)
+            (self.shared.take(&mut inbox), inbox.shutdown_requested)
         };
         for (topic, message) in messages {
             let frame = match &message {

@@ -8,7 +8,10 @@
 //! keeps: a partial TLS record, undelivered plaintext, records a full
 //! socket refused) is brought up to date by [`Hub::sync`] after every read,
 //! and after every write that can change it. The Redis links add their
-//! buffers.
+//! buffers, the `Publisher` inbox its messages (each bounded at an eighth
+//! of the budget by its owner).
+
+use std::sync::atomic::Ordering;
 
 use super::{Flags, Hub};
 use crate::connection::Context;
@@ -42,13 +45,14 @@ impl<T: Transport> Hub<T> {
     }
 
     /// Bytes the hub holds for clients: frames alive (each counted once,
-    /// however many queues share it), the connections' shares, and the
-    /// Redis links' buffers.
+    /// however many queues share it), the connections' shares, the Redis
+    /// links' buffers and the `Publisher` inbox.
     pub fn held_bytes(&self) -> usize {
         crate::frame::held_frame_bytes()
             + crate::send_queue::held_slot_bytes()
             + self.budget.clients
             + self.bridge.as_ref().map_or(0, Bridge::buffered_bytes)
+            + self.inbox.as_ref().map_or(0, |held| held.load(Ordering::Relaxed))
     }
 
     /// Over `--max-buffered-bytes`: drops the clients holding the most (a

@@ -31,6 +31,8 @@ mod writing;
 mod tests;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use log::debug;
 use slab::Slab;
@@ -142,6 +144,8 @@ pub struct Hub<T> {
     process_probe: Option<fn() -> Option<ProcessMetrics>>,
     /// With `--redis`: messages shared with other hubs.
     bridge: Option<Bridge>,
+    /// Bytes waiting in the `Publisher` inbox, for the budget.
+    inbox: Option<Arc<AtomicUsize>>,
 }
 
 impl<T: Transport> Hub<T> {
@@ -163,7 +167,13 @@ impl<T: Transport> Hub<T> {
             log_limit: LogLimiter::default(),
             process_probe: None,
             bridge: None,
+            inbox: None,
         }
+    }
+
+    /// Counts the `Publisher` inbox's bytes in `--max-buffered-bytes`.
+    pub fn count_inbox(&mut self, held: Arc<AtomicUsize>) {
+        self.inbox = Some(held);
     }
 
     /// Shares topics with other hubs through Redis (`--redis`).

@@ -440,3 +440,13 @@ fn queue_slots_count_in_the_budget() {
     let slots = 100 * std::mem::size_of::<SharedFrame>();
     assert!(hub.held_bytes() >= before + slots, "{} < {before} + {slots}", hub.held_bytes());
 }
+
+#[test]
+fn the_publisher_inbox_counts_in_the_budget() {
+    let mut hub: Hub<MemoryTransport> = Hub::new(Config::default());
+    let inbox = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    hub.count_inbox(std::sync::Arc::clone(&inbox));
+    let before = hub.held_bytes();
+    inbox.store(30_000, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(hub.held_bytes(), before + 30_000);
+}
