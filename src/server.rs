@@ -1,14 +1,14 @@
 //! The mio driver: one thread, one `Poll`, readiness and time in, calls to
 //! the [`Hub`] out.
 //!
-//! It only moves bytes and time: it accepts, registers sockets, reads into
-//! one shared scratch buffer and hands the bytes to the hub, tells the hub
-//! when a socket is writable, when a turn ends (the hub then writes what the
-//! turn queued, one gathering system call per client) and when to sweep its
-//! deadlines (at least once a second). Everything the hub decides lives in
-//! `hub.rs` and below, where tests reach it without sockets. With
-//! `--redis`, `server/redis.rs` moves the bytes of the two Redis links the
-//! same way.
+//! It only moves bytes and time: it accepts, registers sockets, reads the
+//! clients the hub names ([`Hub::next_read`]) into one shared scratch
+//! buffer and hands the bytes over, tells the hub when a socket is
+//! writable, lets it write what the turn queued ([`Hub::flush`]), and
+//! sleeps until [`Hub::poll_timeout`] (or its own few deadlines: accepts
+//! paused, the systemd watchdog). Everything the hub decides lives in
+//! `hub/` and below, where tests reach it without sockets. With `--redis`,
+//! `server/redis.rs` moves the bytes of the two Redis links the same way.
 
 use std::fs::File;
 use std::io;

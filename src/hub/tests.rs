@@ -312,7 +312,7 @@ fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn a_flooder_gets_one_share_per_turn_and_a_quiet_client_is_served_in_the_first() {
+fn a_flooder_gets_two_shares_per_turn_and_a_quiet_client_is_served_in_the_first() {
     let mut hub = Hub::new(Config { no_echo: true, ..Config::default() });
     let (flooder, quiet, listener) = (MemoryTransport::new(), MemoryTransport::new(), MemoryTransport::new());
     let flood = join(&mut hub, "/ws?topic=flood", &flooder, 0);
@@ -325,12 +325,12 @@ fn a_flooder_gets_one_share_per_turn_and_a_quiet_client_is_served_in_the_first()
     hub.readable(talker, false);
     turn(&mut hub, 1);
     assert_eq!(frames_of(&listener.take_sent()), [(1, b"quiet".to_vec())], "served in the first turn");
-    assert_eq!(flooder.reads(), 1, "one share");
-    assert!(flooder.unread() > frames.len() - 70 * 1024);
+    assert_eq!(flooder.reads(), 2, "two shares");
+    assert!(flooder.unread() > frames.len() - 2 * 70 * 1024);
     assert_eq!(hub.poll_timeout(), Some(0), "the flooder's rest waits for the next turn, at once");
     for round in 2..=5 {
         turn(&mut hub, round);
-        assert_eq!(flooder.reads(), round as usize, "one share per turn");
+        assert_eq!(flooder.reads(), 2 * round as usize, "two shares per turn");
     }
 }
 

@@ -44,7 +44,7 @@ impl<T: Transport> Hub<T> {
         if self.dirty.is_empty() {
             self.dirty = dirty;
         }
-        self.reads.now.extend(self.reads.next.drain(..));
+        self.next_turn();
     }
 
     pub(super) fn mark_dirty(&mut self, id: ClientId) {
