@@ -92,3 +92,8 @@ mod memory_transport;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeExample;
+
+/// The same for the protocol page's embedding example.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/protocol.md")]
+struct ProtocolExample;

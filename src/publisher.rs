@@ -81,8 +81,8 @@ pub(crate) struct Inbox {
     bytes: usize,
     pub shutdown_requested: bool,
     pub closed: bool,
-    /// The loop's latest snapshot (refreshed at every deadline sweep, at
-    /// least once a second, and when the loop ends).
+    /// The loop's latest snapshot (refreshed by the hub's housekeeping,
+    /// once a second, and when the loop ends).
     pub stats: Stats,
 }
 
@@ -171,7 +171,7 @@ impl Publisher {
         Ok(())
     }
 
-    /// The hub's counters and gauges as of its last sweep (at most about a
+    /// The hub's counters and gauges as of its last housekeeping (at most about a
     /// second old; final once `run` has returned).
     pub fn stats(&self) -> Stats {
         self.shared.lock().stats.clone()
