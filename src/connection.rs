@@ -127,6 +127,9 @@ pub struct Connection {
     pong: Option<SharedFrame>,
     /// Pongs in the queue since it was last empty.
     pongs_queued: u8,
+    /// The queue holds bytes that must not wait for `--write-delay` (an
+    /// HTTP answer, a pong, a close), since it was last empty.
+    urgent: bool,
     /// Inbound rate limits (`--rate-limit-*`), when set (boxed: most hubs
     /// run without, and an idle connection should not pay for it).
     rate: Option<Box<RateLimit>>,
@@ -176,6 +179,7 @@ impl Connection {
             admin: false,
             pong: None,
             pongs_queued: 0,
+            urgent: false,
             rate: None,
         }
     }
@@ -484,6 +488,7 @@ impl Connection {
         self.queue_pong(now);
         self.start_write_clock(now);
         self.queue.push_unbounded(bytes);
+        self.urgent = true;
     }
 
     /// The pending pong joins the queue before anything queued after its
@@ -495,6 +500,7 @@ impl Connection {
             self.start_write_clock(now);
             self.queue.push_unbounded(pong);
             self.pongs_queued = self.pongs_queued.saturating_add(1);
+            self.urgent = true;
         }
     }
 
@@ -571,6 +577,26 @@ impl Connection {
         !self.write_shut && (!self.queue.is_empty() || self.pong.is_some())
     }
 
+    /// What it has to send may wait for `--write-delay`: data frames (and
+    /// keepalive pings) of an open connection, fewer than one write
+    /// carries. Pongs, closes and HTTP answers go at once.
+    #[inline]
+    pub fn may_wait(&self) -> bool {
+        self.is_open()
+            && self.pong.is_none()
+            && !self.urgent
+            && self.queue.len() < crate::send_queue::MAX_IOVECS
+            && self.queue.pending_bytes() < crate::send_queue::FULL_WRITE_BYTES
+    }
+
+    /// Its delayed write is due: `--write-timeout` counts from now, not
+    /// from when the first frame was queued.
+    pub fn write_due(&mut self, now: Millis) {
+        if !self.queue.is_empty() {
+            self.last_progress = self.last_progress.max(now);
+        }
+    }
+
     /// Bytes and frames waiting to be sent.
     pub fn queued_bytes(&self) -> usize {
         self.queue.pending_bytes()
@@ -592,6 +618,7 @@ impl Connection {
         let written = self.queue.write_to(out, cork)?;
         if self.queue.is_empty() {
             self.pongs_queued = 0;
+            self.urgent = false;
         }
         if written > 0 {
             self.last_progress = now;

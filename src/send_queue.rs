@@ -14,6 +14,9 @@ use crate::frame::SharedFrame;
 
 /// Frames handed to one `writev` at most (well under Linux's IOV_MAX of 1024).
 pub const MAX_IOVECS: usize = 64;
+/// Bytes one write carries in full: a queue holding this much (or
+/// `MAX_IOVECS` frames) gains nothing from waiting (`--write-delay`).
+pub const FULL_WRITE_BYTES: usize = 64 * 1024;
 /// A queue that grew past this many slots during a burst gives them back once
 /// it is empty again, so a once-busy client does not keep the memory.
 const KEEP_CAPACITY: usize = 64;

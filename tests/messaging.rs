@@ -275,3 +275,40 @@ fn queue_bytes_bounds_a_client_end_to_end() {
     }
     assert!((data.len() as u32) < count);
 }
+
+/// A steady stream with `--write-delay 100`: every message arrives, in
+/// order, each within the delay plus scheduling, in far fewer writes than
+/// messages.
+#[test]
+fn a_steady_stream_with_a_write_delay_arrives_whole_in_order_and_in_few_writes() {
+    const COUNT: u32 = 60;
+    let hub = Hub::start(Config { write_delay: std::time::Duration::from_millis(100), ..Config::default() });
+    let mut ws = RawWs::connect(hub.addr, "/ws?topic=feed");
+    let publisher = hub.publisher.clone();
+    let start = std::time::Instant::now();
+    // One message every 5 ms, each carrying its number and when it was sent.
+    let feed = thread::spawn(move || {
+        for i in 0..COUNT {
+            let sent_at = start.elapsed().as_millis() as u64;
+            let mut payload = i.to_be_bytes().to_vec();
+            payload.extend_from_slice(&sent_at.to_be_bytes());
+            publisher.publish("feed", payload).unwrap();
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+    });
+    let mut worst = 0;
+    for i in 0..COUNT {
+        let frame = ws.read_frame();
+        let got_at = start.elapsed().as_millis() as u64;
+        assert_eq!(frame.opcode, 2);
+        assert_eq!(frame.payload[..4], i.to_be_bytes(), "in order, none missing");
+        let sent_at = u64::from_be_bytes(frame.payload[4..12].try_into().unwrap());
+        worst = worst.max(got_at - sent_at);
+    }
+    feed.join().unwrap();
+    // 300 ms of messages leave in about four writes (a reader that falls
+    // behind reads even fewer times); without the delay, one per message.
+    assert!(ws.reads <= 15, "{} reads for {COUNT} messages", ws.reads);
+    // The delay plus scheduling on a busy machine.
+    assert!(worst <= 100 + 1_000, "a message waited {worst} ms");
+}

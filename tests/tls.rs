@@ -492,3 +492,64 @@ fn a_tls_failure_after_data_counts_as_a_tls_error() {
     listener.send(Message::text("still here")).unwrap();
     assert_eq!(next_text(&mut listener), "still here");
 }
+
+/// A TCP stream that counts the reads that returned bytes.
+struct CountingTcp(TcpStream, Arc<std::sync::atomic::AtomicUsize>);
+
+impl Read for CountingTcp {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n > 0 {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
+impl Write for CountingTcp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `--write-delay` over TLS: a steady stream arrives whole and in order in
+/// a few full records instead of one record per message.
+#[test]
+fn a_steady_stream_with_a_write_delay_leaves_in_few_records_over_tls() {
+    const COUNT: u32 = 60;
+    let cert = cert();
+    let hub = Hub::start(Config { write_delay: Duration::from_millis(100), ..cert.config.clone() });
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(hub.addr).unwrap();
+    tcp.set_read_timeout(Some(PATIENCE)).unwrap();
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stream = rustls::StreamOwned::new(conn, CountingTcp(tcp, Arc::clone(&reads)));
+    let (mut ws, _) = tungstenite::client::client("wss://localhost/ws?topic=feed", stream).expect("wss upgrade");
+    let before = reads.load(std::sync::atomic::Ordering::Relaxed);
+    let publisher = hub.publisher.clone();
+    let feed = std::thread::spawn(move || {
+        for i in 0..COUNT {
+            publisher.publish("feed", format!("{i:03} of the feed")).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    for i in 0..COUNT {
+        match ws.read().unwrap() {
+            Message::Text(text) => assert_eq!(text.as_str(), format!("{i:03} of the feed"), "in order"),
+            other => panic!("{other:?}"),
+        }
+    }
+    feed.join().unwrap();
+    let reads = reads.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(reads <= 15, "{reads} reads for {COUNT} messages");
+}

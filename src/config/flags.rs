@@ -196,6 +196,20 @@ pub const FLAGS: &[Flag] = &[
         c.write_timeout = seconds(v)?;
         Ok(())
     }),
+    flag(
+        "write-delay",
+        "MS",
+        "0",
+        "coalesce a client's writes: its queued frames go out when the oldest has waited this long (or fill a write, or the queue is half full); pongs and closes are never delayed (0 = off, at most 1000)",
+        |c, v| {
+            let ms = whole(v)?;
+            if ms > 1000 {
+                return Err("at most 1000 (milliseconds)".into());
+            }
+            c.write_delay = Duration::from_millis(ms as u64);
+            Ok(())
+        },
+    ),
     flag("handshake-timeout", "SECS", "10", "close a connection whose request is not complete by then", |c, v| {
         c.handshake_timeout = seconds(v)?;
         Ok(())

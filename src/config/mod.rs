@@ -30,6 +30,10 @@ pub struct Config {
     pub queue_messages: usize,
     pub queue_bytes: usize,
     pub write_timeout: Duration,
+    /// `--write-delay`: a client's data frames wait until the oldest has
+    /// waited this long, so a steady stream leaves in fewer writes (zero:
+    /// written at the end of the turn that queued them).
+    pub write_delay: Duration,
     pub handshake_timeout: Duration,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
@@ -109,6 +113,7 @@ impl Default for Config {
             queue_messages: 256,
             queue_bytes: 1024 * 1024,
             write_timeout: Duration::from_secs(10),
+            write_delay: Duration::ZERO,
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(54),
             idle_timeout: Duration::from_secs(60),
@@ -193,6 +198,13 @@ impl Config {
                 self.idle_timeout.as_millis() as u64
             ));
         }
+        if self.write_delay >= self.write_timeout {
+            return Err(format!(
+                "--write-delay ({} ms) must be shorter than --write-timeout ({} ms)",
+                self.write_delay.as_millis() as u64,
+                self.write_timeout.as_millis() as u64
+            ));
+        }
         if self.max_message_size > (1 << 30) {
             return Err("--max-message-size is capped at 1 GiB".into());
         }
@@ -265,9 +277,15 @@ mod tests {
     fn flags_env_and_precedence() {
         let c = config(
             &["--listen", "[::1]:0", "--no-echo", "--write-timeout=0.5", "--max-message-size", "10"],
-            &[("WSHUB_MAX_MESSAGE_SIZE", "99"), ("WSHUB_QUEUE_MESSAGES", "7"), ("RUST_LOG", "debug")],
+            &[
+                ("WSHUB_MAX_MESSAGE_SIZE", "99"),
+                ("WSHUB_QUEUE_MESSAGES", "7"),
+                ("RUST_LOG", "debug"),
+                ("WSHUB_WRITE_DELAY", "20"),
+            ],
         );
         assert_eq!(c.listen.to_string(), "[::1]:0");
+        assert_eq!(c.write_delay, Duration::from_millis(20));
         assert!(c.no_echo);
         assert_eq!(c.write_timeout, Duration::from_millis(500));
         assert_eq!(c.max_message_size, 10, "flag wins over environment");
@@ -314,6 +332,9 @@ mod tests {
             (&["--redis-prefix", "app"], "--redis-prefix"),
             (&["--redis-prefix", ""], "--redis-prefix"),
             (&["--redis-prefix", "a b:"], "--redis-prefix"),
+            (&["--write-delay", "1001"], "--write-delay"),
+            (&["--write-delay", "0.5"], "--write-delay"),
+            (&["--write-delay", "900", "--write-timeout", "0.5"], "--write-delay"),
         ] {
             let err = parse(args, &[]).unwrap_err();
             assert!(err.contains(needle), "{err}");

@@ -1,11 +1,12 @@
 //! Deliveries: a client's message to everyone on its topics, an HTTP or
 //! `Publisher` publish, a message heard from Redis. One shared frame per
 //! message, a pointer copy per receiver; the writes wait for the end of the
-//! turn (`writing`), except for a queue at half its bound.
+//! turn or for `--write-delay` (`writing`), except for a queue at half its
+//! bound.
 
 use slab::Slab;
 
-use super::writing::write_client;
+use super::writing::{Writes, write_client};
 use super::{Client, Hub};
 use crate::connection::{Action, Context, Reason};
 use crate::frame::{self, SharedFrame};
@@ -86,7 +87,7 @@ impl<T: Transport> Hub<T> {
     fn fanout(&mut self, now: Millis) -> (&mut Subscriptions, Fanout<'_, T>) {
         let fanout = Fanout {
             clients: &mut self.clients,
-            dirty: &mut self.dirty,
+            writes: &mut self.writes,
             deferred: &mut self.deferred,
             cork: &mut self.cork,
             stats: &mut self.stats,
@@ -109,7 +110,7 @@ fn share<'t>(bridge: &mut Bridge, topics: impl Iterator<Item = &'t Topic> + Clon
 /// What a broadcast needs of the hub while the subscriptions are walked.
 struct Fanout<'a, T> {
     clients: &'a mut Slab<Client<T>>,
-    dirty: &'a mut Vec<ClientId>,
+    writes: &'a mut Writes,
     /// Actions of clients that overflowed, applied after the walk.
     deferred: &'a mut Vec<(ClientId, Action)>,
     cork: &'a mut Vec<u8>,
@@ -142,6 +143,6 @@ impl<T: Transport> Fanout<'_, T> {
         {
             self.deferred.push((id, Action::Drop(Reason::failed(&e))));
         }
-        client.mark_dirty(id, self.dirty);
+        client.mark_dirty(id, self.writes, self.ctx.now);
     }
 }

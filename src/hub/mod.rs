@@ -29,6 +29,8 @@ mod writing;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_delay_tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,34 +58,38 @@ pub use crate::subscriptions::ClientId;
 
 use reading::Reads;
 use timers::Timers;
+use writing::Writes;
 
 /// A client's marks, one bit each (an idle connection is small).
 #[derive(Debug, Clone, Copy, Default)]
-struct Flags(u8);
+struct Flags(u16);
 
 impl Flags {
-    /// Listed in `Hub::dirty`: has queued bytes to write this turn.
-    const DIRTY: u8 = 1;
+    /// Listed in `Writes::dirty`: has queued bytes to write this turn.
+    const DIRTY: u16 = 1;
     /// Subscribed and counted against `--max-connections`.
-    const SUBSCRIBED: u8 = 1 << 1;
+    const SUBSCRIBED: u16 = 1 << 1;
     /// The transport pushed back; nothing is written until it is writable.
-    const BLOCKED: u8 = 1 << 2;
+    const BLOCKED: u16 = 1 << 2;
     /// Its reason to end was recorded (logged and counted) already.
-    const ENDED: u8 = 1 << 3;
+    const ENDED: u16 = 1 << 3;
     /// Still sending its HTTP request (counted against `--max-pending`).
-    const PENDING: u8 = 1 << 4;
+    const PENDING: u16 = 1 << 4;
     /// Listed to be read (this turn or the next).
-    const READ_LISTED: u8 = 1 << 5;
+    const READ_LISTED: u16 = 1 << 5;
     /// Over its inbound rate: not read until its resume time.
-    const THROTTLED: u8 = 1 << 6;
+    const THROTTLED: u16 = 1 << 6;
     /// The peer closed its side: read on to its EOF.
-    const PEER_CLOSED: u8 = 1 << 7;
+    const PEER_CLOSED: u16 = 1 << 7;
+    /// Listed in `Writes::delayed` (`--write-delay`): its write is due at
+    /// the listed time, or earlier if something cannot wait.
+    const DELAYED: u16 = 1 << 8;
 
-    fn has(self, bit: u8) -> bool {
+    fn has(self, bit: u16) -> bool {
         self.0 & bit != 0
     }
 
-    fn set(&mut self, bit: u8, on: bool) {
+    fn set(&mut self, bit: u16, on: bool) {
         if on {
             self.0 |= bit;
         } else {
@@ -92,7 +98,7 @@ impl Flags {
     }
 
     /// Sets `bit`; returns whether it was set before.
-    fn replace(&mut self, bit: u8, on: bool) -> bool {
+    fn replace(&mut self, bit: u16, on: bool) -> bool {
         let was = self.has(bit);
         self.set(bit, on);
         was
@@ -111,11 +117,23 @@ struct Client<T> {
 }
 
 impl<T> Client<T> {
-    fn mark_dirty(&mut self, key: ClientId, dirty: &mut Vec<ClientId>) {
-        if !self.flags.has(Flags::DIRTY) && self.conn.wants_write() {
-            self.flags.set(Flags::DIRTY, true);
-            dirty.push(key);
+    /// It has bytes to send: it is written at the end of this turn, or,
+    /// with `--write-delay`, once its oldest unwritten frame has waited the
+    /// delay (unless what it has cannot wait: see
+    /// [`Connection::may_wait`]).
+    #[inline]
+    fn mark_dirty(&mut self, key: ClientId, writes: &mut Writes, now: Millis) {
+        if self.flags.has(Flags::DIRTY) || !self.conn.wants_write() {
+            return;
         }
+        if writes.delay != 0 && self.conn.may_wait() {
+            if !self.flags.replace(Flags::DELAYED, true) {
+                writes.delayed.push_back((now.saturating_add(writes.delay), key));
+            }
+            return;
+        }
+        self.flags.set(Flags::DIRTY, true);
+        writes.dirty.push(key);
     }
 }
 
@@ -127,8 +145,8 @@ pub struct Hub<T> {
     stats: Stats,
     /// Where small frames are gathered for one write (see `send_queue`).
     cork: Vec<u8>,
-    /// Clients with bytes queued during this turn.
-    dirty: Vec<ClientId>,
+    /// Who is written at the end of this turn, and who later.
+    writes: Writes,
     /// Actions produced while the hub was being walked, applied after.
     deferred: Vec<(ClientId, Action)>,
     /// Transports of removed clients, for the driver to deregister and drop.
@@ -150,6 +168,7 @@ pub struct Hub<T> {
 
 impl<T: Transport> Hub<T> {
     pub fn new(config: Config) -> Hub<T> {
+        let writes = Writes::new(&config);
         Hub {
             config,
             clients: Slab::new(),
@@ -157,7 +176,7 @@ impl<T: Transport> Hub<T> {
             admission: Admission::default(),
             stats: Stats::default(),
             cork: Vec::with_capacity(crate::send_queue::CORK_BYTES),
-            dirty: Vec::new(),
+            writes,
             deferred: Vec::new(),
             closed: Vec::new(),
             reads: Reads::default(),
@@ -387,7 +406,7 @@ impl<T: Transport> Hub<T> {
             Action::Closing(reason) => {
                 self.end(id, reason, now);
                 self.sync(id);
-                self.mark_dirty(id);
+                self.mark_dirty(id, now);
             }
             Action::Drop(reason) => self.remove(id, reason, now),
         }

@@ -159,7 +159,7 @@ impl<T: Transport> Hub<T> {
     /// budget.
     fn after_input(&mut self, id: ClientId, now: Millis) {
         self.sync(id);
-        self.mark_dirty(id);
+        self.mark_dirty(id, now);
         self.schedule(id);
         self.enforce_budget(now);
     }

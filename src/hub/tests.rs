@@ -9,20 +9,20 @@ use crate::memory_transport::MemoryTransport;
 use crate::reason::Exit;
 use crate::topic::Topic;
 
-fn upgrade(path: &str) -> Vec<u8> {
+pub(super) fn upgrade(path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
 }
 
-fn peer(i: usize) -> SocketAddr {
+pub(super) fn peer(i: usize) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 40_000 + i as u16))
 }
 
 /// Connects and upgrades a client on `transport`; returns its id after
 /// its 101 was written (and taken off the transport).
-fn join(hub: &mut Hub<MemoryTransport>, path: &str, transport: &MemoryTransport, now: Millis) -> ClientId {
+pub(super) fn join(hub: &mut Hub<MemoryTransport>, path: &str, transport: &MemoryTransport, now: Millis) -> ClientId {
     let id = hub.insert(transport.clone(), peer(hub.len()), now);
     hub.receive(id, &mut upgrade(path), now);
     hub.flush(now);
@@ -31,12 +31,12 @@ fn join(hub: &mut Hub<MemoryTransport>, path: &str, transport: &MemoryTransport,
     id
 }
 
-fn send(hub: &mut Hub<MemoryTransport>, id: ClientId, first: u8, payload: &[u8], now: Millis) {
+pub(super) fn send(hub: &mut Hub<MemoryTransport>, id: ClientId, first: u8, payload: &[u8], now: Millis) {
     hub.receive(id, &mut encode_client(first, payload, [9, 8, 7, 6]), now);
 }
 
 /// Server frames in `bytes`, as (opcode, payload).
-fn frames_of(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub(super) fn frames_of(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 2 {
@@ -52,7 +52,7 @@ fn frames_of(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-fn close_code(frame: &(u8, Vec<u8>)) -> u16 {
+pub(super) fn close_code(frame: &(u8, Vec<u8>)) -> u16 {
     assert_eq!(frame.0, 8, "not a close frame: {frame:?}");
     u16::from_be_bytes([frame.1[0], frame.1[1]])
 }
@@ -297,7 +297,7 @@ fn a_writer_that_takes_nothing_is_back_pressure_not_an_error() {
 
 /// One turn of the driver: reads in the hub's order (one share each, as
 /// the driver's 64 KiB buffer allows), deadlines, end-of-turn writes.
-fn turn(hub: &mut Hub<MemoryTransport>, now: Millis) {
+pub(super) fn turn(hub: &mut Hub<MemoryTransport>, now: Millis) {
     let mut scratch = vec![0u8; 64 * 1024];
     while let Some(id) = hub.next_read() {
         let result = hub.transport(id).unwrap().receive(&mut scratch);
@@ -307,7 +307,7 @@ fn turn(hub: &mut Hub<MemoryTransport>, now: Millis) {
     hub.flush(now);
 }
 
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+pub(super) fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
     encode_client(first, payload, [1, 2, 3, 4])
 }
 

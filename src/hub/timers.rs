@@ -56,7 +56,7 @@ impl<T: Transport> Hub<T> {
     }
 
     /// When the hub next needs [`handle_timeout`](Hub::handle_timeout): the
-    /// earliest connection deadline, rate-limit resume, housekeeping, the
+    /// earliest connection deadline, rate-limit resume, delayed write, housekeeping, the
     /// end of a shutdown, or a Redis link's timer; at once (0) while clients
     /// wait for their next read. `None`: nothing is scheduled.
     pub fn poll_timeout(&self) -> Option<Millis> {
@@ -66,30 +66,32 @@ impl<T: Transport> Hub<T> {
         let connection = self.timers.heap.peek().map(|Reverse((due, _))| *due);
         let throttled = self.reads.throttled.peek().map(|Reverse((due, _))| *due);
         let redis = self.bridge.as_ref().map(|b| b.next_deadline());
-        [connection, throttled, Some(self.timers.housekeeping), self.shutdown_deadline, redis]
+        let write = self.writes.next_due();
+        [connection, throttled, write, Some(self.timers.housekeeping), self.shutdown_deadline, redis]
             .into_iter()
             .flatten()
             .min()
     }
 
-    /// Does what is due at `now`: resumes throttled clients, applies the
-    /// connections' deadlines, runs the Redis links' timers and, once a
-    /// second, housekeeping.
+    /// Does what is due at `now`: resumes throttled clients, lists delayed
+    /// writes that are due, applies the connections' deadlines, runs the
+    /// Redis links' timers and, once a second, housekeeping.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.resume_throttled(now);
+        self.delayed_writes_due(now);
         while let Some(&Reverse((due, id))) = self.timers.heap.peek() {
             if due > now {
                 break;
             }
             self.timers.heap.pop();
-            let Hub { clients, config, admission, dirty, .. } = self;
+            let Hub { clients, config, admission, writes, .. } = self;
             let Some(client) = clients.get_mut(id) else { continue };
             if client.timer != due {
                 continue; // filed again, earlier or later, since
             }
             client.timer = NEVER;
             let action = client.conn.tick(&Context { config, now, admission });
-            client.mark_dirty(id, dirty);
+            client.mark_dirty(id, writes, now);
             if !matches!(action, Action::Nothing) {
                 self.apply(id, action, now);
             }

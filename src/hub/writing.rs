@@ -2,23 +2,87 @@
 //! system call per client; a client whose transport pushed back waits for
 //! its writable event; a closing client's writing half is shut once its
 //! last bytes are out.
+//!
+//! With `--write-delay`, a client's data frames wait until the oldest has
+//! waited the delay, so a steady stream leaves in fewer, fuller writes.
+//! Every client waits the same delay, so due times come in the order
+//! clients are listed: one FIFO holds them all (no timer per client, no
+//! scan), and its front is the hub's next write deadline. What cannot wait
+//! (a pong, a close, an HTTP answer, a queue that already fills one write)
+//! goes at the end of the turn as without a delay; a queue at half its
+//! bound is still written at once (`fanout`).
 
+use std::collections::VecDeque;
 use std::io;
 
 use log::debug;
 
 use super::{Client, Flags, Hub};
+use crate::config::Config;
 use crate::connection::Reason;
 use crate::stats::Stats;
 use crate::subscriptions::ClientId;
 use crate::time::Millis;
 use crate::transport::Transport;
 
+/// Who writes when.
+#[derive(Debug)]
+pub(super) struct Writes {
+    /// Clients to write at the end of this turn.
+    pub dirty: Vec<ClientId>,
+    /// `--write-delay` in milliseconds (0: none).
+    pub delay: Millis,
+    /// Clients whose write is delayed, with when it is due, in that order.
+    /// An entry may outlive its reason (the client was written early, or
+    /// left): its flag says whether it still stands.
+    pub delayed: VecDeque<(Millis, ClientId)>,
+}
+
+impl Writes {
+    pub fn new(config: &Config) -> Writes {
+        Writes { dirty: Vec::new(), delay: crate::time::millis(config.write_delay), delayed: VecDeque::new() }
+    }
+
+    /// When the next delayed write is due.
+    pub fn next_due(&self) -> Option<Millis> {
+        self.delayed.front().map(|&(due, _)| due)
+    }
+}
+
 impl<T: Transport> Hub<T> {
-    /// The transport can take bytes again.
+    /// Lists the clients whose delayed write is due at `now` for this
+    /// turn's writes. From then on a stall counts against
+    /// `--write-timeout`: a delayed client is not a stalled one.
+    pub(super) fn delayed_writes_due(&mut self, now: Millis) {
+        let Hub { clients, writes, .. } = self;
+        while let Some(&(due, id)) = writes.delayed.front() {
+            if due > now {
+                break;
+            }
+            writes.delayed.pop_front();
+            let Some(client) = clients.get_mut(id) else { continue };
+            if !client.flags.replace(Flags::DELAYED, false) {
+                continue; // an entry of a client that left; the id is reused
+            }
+            if !client.flags.has(Flags::BLOCKED) {
+                client.conn.write_due(now);
+            }
+            if !client.flags.has(Flags::DIRTY) && client.conn.wants_write() {
+                client.flags.set(Flags::DIRTY, true);
+                writes.dirty.push(id);
+            }
+        }
+    }
+
+    /// The transport can take bytes again. (Edge-triggered readiness also
+    /// reports writable beside a client's input; a client whose write is
+    /// delayed keeps waiting unless it was blocked.)
     pub fn writable(&mut self, id: ClientId, now: Millis) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.flags.set(Flags::BLOCKED, false);
+            let was_blocked = client.flags.replace(Flags::BLOCKED, false);
+            if !was_blocked && client.flags.has(Flags::DELAYED) && !client.transport.has_pending_output() {
+                return;
+            }
             self.write(id, now);
         }
     }
@@ -27,7 +91,7 @@ impl<T: Transport> Hub<T> {
     /// burst leaves in one system call per client; clients whose read left
     /// more are read next turn.
     pub fn flush(&mut self, now: Millis) {
-        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.writes.dirty);
         for &id in &dirty {
             // One slab lookup per client (this loop runs once per delivery
             // at low rates), and the books only when a write can change
@@ -41,15 +105,15 @@ impl<T: Transport> Hub<T> {
         }
         dirty.clear();
         // Keep the list's memory for the next turn.
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
+        if self.writes.dirty.is_empty() {
+            self.writes.dirty = dirty;
         }
         self.next_turn();
     }
 
-    pub(super) fn mark_dirty(&mut self, id: ClientId) {
+    pub(super) fn mark_dirty(&mut self, id: ClientId, now: Millis) {
         if let Some(client) = self.clients.get_mut(id) {
-            client.mark_dirty(id, &mut self.dirty);
+            client.mark_dirty(id, &mut self.writes, now);
         }
     }
 

@@ -141,6 +141,8 @@ impl RawFrame {
 pub struct RawWs {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Reads that returned bytes (a hub write arrives in one read or more).
+    pub reads: usize,
 }
 
 pub const UPGRADE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -169,7 +171,7 @@ impl RawWs {
     pub fn upgrade(mut stream: TcpStream, path: &str) -> RawWs {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream.write_all(upgrade_request(path).as_bytes()).unwrap();
-        let mut ws = RawWs { stream, buf: Vec::new() };
+        let mut ws = RawWs { stream, buf: Vec::new(), reads: 0 };
         let head = ws.read_until_head();
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         ws
@@ -189,6 +191,7 @@ impl RawWs {
         let mut chunk = [0u8; 65536];
         let n = self.stream.read(&mut chunk).expect("read");
         assert!(n > 0, "connection closed");
+        self.reads += 1;
         self.buf.extend_from_slice(&chunk[..n]);
     }
 
