@@ -57,7 +57,9 @@ wait_port "$PORT"
   --warmup 1 --duration 5 "${LOADGEN_EXTRA[@]}" >"$OUT.json"
 kill -TERM "$HUB"
 wait "$HUB" || true
-TOTAL=$(callgrind_annotate "$OUT" 2>/dev/null | grep -m1 "PROGRAM TOTALS")
+# awk reads to the end: grep -m1 would close the pipe early, and with
+# pipefail a binary with symbols (a long annotation) then fails on SIGPIPE.
+TOTAL=$(callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen { print; seen = 1 }')
 echo "$TOTAL"
 if [ -n "$CLOSED" ]; then
   python3 - "$OUT.json" "${TOTAL%% *}" <<'PY'

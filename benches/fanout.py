@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """wshub vs the tokio hub, fan-out and memory, in one run.
 
-    python3 benches/fanout.py [--quick] [--extra NAME=PATH ...] [--no-idle] [--auth] [--tls]
+    python3 benches/fanout.py [--quick] [--extra NAME=PATH ...] [--no-idle] [--auth] [--tls] [--steady]
 
 Builds wshub, benches/tokio-hub and benches/loadgen in release, then runs
 each scenario against each server, alternating servers within every
@@ -14,8 +14,12 @@ key, every client upgrading with a token (verification costs only at the
 upgrade; the table shows the fan-out does not notice). `--tls` runs both
 hubs over TLS instead (a P-256 certificate made with `openssl`; the tokio
 version through tokio-rustls, same ring provider and defaults), for the
-N=1000 rows and idle memory. Loopback only; every process it starts is stopped by PID. About
-4.5 minutes (--quick: about 1; each --extra adds about half).
+N=1000 rows and idle memory. Steady streams (fixed 200 and 1,000 msg/s to 1,000
+clients, and 50 where no hub is busy all the time) are measured with `--write-delay` 0, 5 and 20 beside the tokio
+version, as server CPU per delivery and latency; `--steady` runs only
+those. Loopback only; every process it starts is stopped by PID. About
+6.5 minutes (--quick: about 1.5; --steady: about 3; each --extra adds about
+half).
 """
 import json
 import os
@@ -36,6 +40,7 @@ QUICK = "--quick" in sys.argv
 NO_IDLE = "--no-idle" in sys.argv
 AUTH = "--auth" in sys.argv
 TLS = "--tls" in sys.argv
+STEADY_ONLY = "--steady" in sys.argv
 # Extra load generator arguments for every run (--tls-ca in TLS mode).
 LOADGEN_EXTRA = []
 # The request target each server's clients upgrade with.
@@ -50,6 +55,10 @@ SERVERS = {
     "tokio-mt": [os.path.join(REL, "tokio-hub"), "--runtime", "multi"],
     "tokio-4k": [os.path.join(REL, "tokio-hub"), "--buffers", "4096"],
 }
+# Coalesced writes, for the steady-stream rows.
+WRITE_DELAYS = [5, 20]
+for _ms in WRITE_DELAYS:
+    SERVERS[f"wshub-wd{_ms}"] = SERVERS["wshub"] + ["--write-delay", str(_ms)]
 
 
 def start(server):
@@ -149,6 +158,35 @@ def main():
                          f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", p99_ratio, f"{r['rss_kib'] / 1024:.1f} MiB", note])
         return results
 
+    def steady_rows():
+        """A sensor-like stream: fixed rates, 1,000 clients, with and without
+        coalesced writes; server CPU per delivery against the no-delay run."""
+        table = []
+        servers = ("wshub",) + tuple(f"wshub-wd{ms}" for ms in WRITE_DELAYS) + ("tokio",)
+        # 50 msg/s: a rate at which the hub without a delay is not busy all
+        # the time; at 200 and 1,000 it is, and a hub that lags behind
+        # coalesces by itself.
+        for rate in (50, 200, 1000):
+            results = load_row(f"N=1000, 64 B, steady {rate} msg/s",
+                               ["--clients", "1000", "--size", "64", "--mode", "rate", "--rate", str(rate),
+                                "--warmup", "1", "--duration", DURATION], servers=servers)
+            base = results["wshub"]
+            for name, r in results.items():
+                us = 1e6 / r["deliveries_per_cpu_s"] if r["deliveries_per_cpu_s"] > 0 else float("nan")
+                base_us = 1e6 / base["deliveries_per_cpu_s"]
+                delay = "n/a" if name == "tokio" else (name.split("-wd")[1] + " ms" if "-wd" in name else "0")
+                note = f"{int(r['lost'])}/{int(r['reordered'])}" + (" (loadgen saturated)" if r["saturated"] else "")
+                busy = f"{100 * r['server_cpu_s'] / r['wall_s']:.0f}%"
+                table.append([f"{rate} msg/s", name, delay, f"{us:.2f}", f"{us / base_us:.2f}x", busy,
+                              f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['p99_ms'] - base['p99_ms']:+.2f}", note])
+        print("\n| steady stream, N=1000, 64 B | server | --write-delay | server CPU per delivery (µs) | vs wshub without delay | server busy | p50 ms | p99 ms | p99 minus wshub's without delay (ms) | lost/reordered |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in table:
+            print("| " + " | ".join(r) + " |")
+
+    if STEADY_ONLY:
+        steady_rows()
+        return
     common = ["--mode", "closed", "--window", "16", "--warmup", "1", "--duration", DURATION]
     if TLS:
         load_row("TLS, N=1000, 64 B, W=16", ["--clients", "1000", "--size", "64"] + common)
@@ -184,6 +222,7 @@ def main():
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    steady_rows()
 
     if NO_IDLE:
         return
