@@ -174,6 +174,11 @@ impl Admission {
         }
     }
 
+    /// Connections still sending their HTTP request.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending
+    }
+
     /// A connection finished sending its HTTP request.
     pub(crate) fn request_done(&mut self) {
         self.pending = self.pending.saturating_sub(1);
@@ -340,6 +345,11 @@ impl Admission {
     /// A client was upgraded (counts against `--max-connections`).
     pub(crate) fn joined(&mut self) {
         self.ws_clients += 1;
+    }
+
+    /// Upgraded clients.
+    pub(crate) fn ws_clients(&self) -> usize {
+        self.ws_clients
     }
 
     /// An upgraded client left.

@@ -180,7 +180,6 @@ impl Server {
             hub.set_bridge(bridge);
         }
         hub.set_verifier(self.verifier);
-        hub.set_process_probe(crate::process::sample);
         let mut event_loop = EventLoop {
             poll: self.poll,
             listener: Some(self.listener),
@@ -198,6 +197,8 @@ impl Server {
             watchdog: if systemd { crate::systemd::Watchdog::from_env() } else { Default::default() },
             redis: self.redis,
         };
+        // Everything but connections is open now: counted once.
+        event_loop.hub.set_process_probe(crate::process::sample, crate::process::count_open_fds());
         if systemd {
             crate::systemd::notify("READY=1");
         }

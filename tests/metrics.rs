@@ -123,6 +123,48 @@ fn counters_match_what_happened() {
     assert_eq!(get(r#"wshub_build_info{version="0.1.0"}"#), 1.0);
 }
 
+/// One unlabelled sample, read without the parser (which takes a Python
+/// start per call), for polling.
+fn gauge(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let response = http(addr, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let line = response.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// `process_open_fds` is counted from the hub's own books (listing
+/// `/proc/self/fd` cost 10 ms a scrape at 10,000 clients), and
+/// `wshub_queued_bytes` is summed once a second: both still follow what
+/// happens.
+#[test]
+fn open_fds_and_queued_bytes_follow_the_connections() {
+    let hub = Hub::default();
+    let fds = || gauge(hub.addr, "process_open_fds");
+    let before = fds();
+    let mut clients: Vec<RawWs> = (0..30).map(|_| RawWs::connect(hub.addr, "/ws?topic=t")).collect();
+    // Each scrape counts its own connection, so the difference is exact once
+    // the previous scrape's connection is gone.
+    wait_until("30 more descriptors", || fds() == before + 30.0);
+    // A client that does not read: its queue fills, and the gauge shows it.
+    let stalled = RawWs::connect_small_window(hub.addr, "/ws?topic=s");
+    // Whatever the kernel's buffers take first; at most 120 x 8 KiB (under
+    // the queue's bounds: the client is not dropped).
+    let mut sent = 0;
+    wait_until("queued bytes show", || {
+        if sent < 120 {
+            hub.publisher.publish("s", vec![7u8; 8 * 1024]).unwrap();
+            sent += 1;
+        }
+        gauge(hub.addr, "wshub_queued_bytes") > 0.0
+    });
+    for client in &mut clients {
+        client.send_frame(0x88, &1000u16.to_be_bytes());
+        assert_eq!(client.expect_close(), Some(1000));
+    }
+    drop(clients);
+    wait_until("the descriptors back", || fds() == before + 1.0);
+    let _ = stalled.stream.shutdown(std::net::Shutdown::Both);
+}
+
 #[test]
 fn metrics_follow_the_publish_access_rule_and_the_admin_listener() {
     let locked = Hub::start(Config { publish_token: Some("s3cret".into()), ..Config::default() });

@@ -11,7 +11,8 @@
 //! happens, and the older entry, whose time no longer matches the
 //! connection's, is skipped when it comes up. So there is no periodic walk
 //! over all connections, and a sub-second `--message-timeout` is kept to
-//! the granularity below. A housekeeping step runs once a second.
+//! the granularity below. A housekeeping step runs once a second (and sums
+//! the send queues' bytes for the `wshub_queued_bytes` gauge).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -37,6 +38,8 @@ pub(super) struct Timers {
     housekeeping: Millis,
     /// Housekeeping ran since the driver last took a snapshot.
     snapshot_due: bool,
+    /// Bytes in all send queues, as housekeeping last summed them.
+    pub queued_bytes: u64,
 }
 
 impl<T: Transport> Hub<T> {
@@ -104,6 +107,9 @@ impl<T: Transport> Hub<T> {
             self.timers.housekeeping = now + HOUSEKEEPING;
             self.timers.snapshot_due = true;
             self.admission.sweep(&self.config, now);
+            // One walk a second (about 0.1 ms at 20,000 connections), so
+            // that a scrape costs nothing per connection.
+            self.timers.queued_bytes = self.clients.iter().map(|(_, c)| c.conn.queued_bytes() as u64).sum();
         }
         self.apply_deferred(now);
         self.enforce_budget(now);

@@ -80,6 +80,11 @@ impl Bridge {
         }
     }
 
+    /// Links with a socket (connecting, handshaking or up).
+    pub fn sockets(&self) -> usize {
+        Role::BOTH.iter().filter(|&&role| !self.is_down(role)).count()
+    }
+
     pub fn is_down(&self, role: Role) -> bool {
         self.links[role as usize].is_down()
     }

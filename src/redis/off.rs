@@ -36,6 +36,10 @@ impl Bridge {
         match *self {}
     }
 
+    pub fn sockets(&self) -> usize {
+        match *self {}
+    }
+
     pub fn drained(&self) -> bool {
         match *self {}
     }
