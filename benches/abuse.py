@@ -11,12 +11,17 @@
    client B, its own topic) for 5 s, without and then with one flooder
    (64-byte messages and zero-length continuation frames, as fast as the hub
    reads them). Prints the quiet messages' p50/p99 latency.
+3. A flood through Redis (when `redis-server` is installed): the hub with
+   `--redis`, 1,000 subscribers of a topic (the load generator's sink mode,
+   reading everything) and a backend PUBLISHing 16-byte messages to that
+   topic's channel as fast as Redis takes them; the quiet pair as in 2.
 
 `--baseline PATH` runs the same against another wshub binary (an older
 build) in the same run. Loopback only; every process it starts is stopped
-by PID; about 1 minute per binary.
+by PID; about 1.5 minutes per binary.
 """
 import os
+import shutil
 import socket
 import statistics
 import struct
@@ -191,13 +196,69 @@ def fairness(binary):
                 return
             i += 1
 
+    flooded = while_flooding(port, flood, stop_flag)
+    stop(proc)
+    return quiet, flooded
+
+
+def while_flooding(port, flood, stop_flag):
+    """The quiet pair's latencies while `flood` runs on its own thread (it
+    returns once `stop_flag` is set)."""
     flooder = threading.Thread(target=flood)
     flooder.start()
     time.sleep(1)
     flooded = quiet_latencies(port)
     stop_flag.set()
     flooder.join()
-    stop(proc)
+    return flooded
+
+
+def redis_command(port, *args):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args))
+    reply = s.recv(4096)
+    s.close()
+    return reply
+
+
+def redis_flood(binary):
+    redis_port = free_port()
+    redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                              "--save", "", "--appendonly", "no", "--loglevel", "warning"], stdout=subprocess.DEVNULL)
+    wait_listening(redis, redis_port, "redis-server")
+    proc, port = start(binary, ["--no-echo", "--max-connections", "20000", "--redis",
+                                f"redis://127.0.0.1:{redis_port}"])
+    sink = subprocess.Popen(["taskset", "-c", "1", os.path.join(ROOT, "target", "release", "loadgen"), "--addr",
+                             f"127.0.0.1:{port}", "--pid", str(proc.pid), "--clients", "1000", "--mode", "sink",
+                             "--path", "/ws?topic=flood", "--warmup", "0", "--duration", "15"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        if "ready" not in sink.stdout.readline():
+            raise SystemExit("the sink did not connect")
+        deadline = time.time() + 10
+        while not redis_command(redis_port, "PUBSUB", "NUMSUB", "wshub:flood").endswith(b":1\r\n"):
+            if time.time() > deadline:
+                raise SystemExit("the hub did not subscribe")
+            time.sleep(0.05)
+        quiet = quiet_latencies(port)
+        stop_flag = threading.Event()
+
+        def flood():
+            s = socket.create_connection(("127.0.0.1", redis_port))
+            s.sendall(b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n")
+            batch = b"*3\r\n$7\r\nPUBLISH\r\n$11\r\nwshub:flood\r\n$16\r\nsixteen bytes...\r\n" * 1000
+            while not stop_flag.is_set():
+                try:
+                    s.sendall(batch)
+                except OSError:
+                    return
+
+        flooded = while_flooding(port, flood, stop_flag)
+    finally:
+        sink.kill()
+        sink.wait()
+        stop(proc)
+        stop(redis)
     return quiet, flooded
 
 
@@ -211,7 +272,7 @@ def main():
         BASELINES.add(baseline)
         binaries.append(("baseline", baseline))
     print("building (release)...", file=sys.stderr)
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "wshub"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "wshub", "-p", "loadgen"], cwd=ROOT, check=True)
     mib = lambda b: f"{b / 1048576:.1f} MiB"
     print("| memory pressure (200 clients x 106 x 65,000 B, never reading) | RSS before | RSS peak | RSS 5 s after |")
     print("| --- | --- | --- | --- |")
@@ -219,14 +280,21 @@ def main():
         print(f"  memory: {name}", file=sys.stderr)
         before, peak, after = memory_pressure(path)
         print(f"| {name} | {mib(before)} | {mib(peak)} | {mib(after)} |")
+    quiet_table("quiet pair, 50 msg/s", "flooder", "fairness", fairness, binaries)
+    if shutil.which("redis-server") is not None:
+        quiet_table("quiet pair, 50 msg/s, 1,000 subscribers elsewhere", "a Redis flood", "redis flood", redis_flood,
+                    binaries)
+
+
+def quiet_table(title, what, label, scenario, binaries):
+    """The quiet pair's latency without and with `what`, per binary."""
     print()
-    print("| quiet pair, 50 msg/s | p50 ms | p99 ms | with flooder p50 ms | with flooder p99 ms | p99 ratio |")
+    print(f"| {title} | p50 ms | p99 ms | with {what} p50 ms | with {what} p99 ms | p99 ratio |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, path in binaries:
-        print(f"  fairness: {name}", file=sys.stderr)
-        (q50, q99), (f50, f99) = fairness(path)
+        print(f"  {label}: {name}", file=sys.stderr)
+        (q50, q99), (f50, f99) = scenario(path)
         print(f"| {name} | {q50:.2f} | {q99:.2f} | {f50:.2f} | {f99:.2f} | {f99 / q99:.1f}x |")
-
 
 if __name__ == "__main__":
     main()

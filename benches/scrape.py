@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""What one `/metrics` scrape costs as the hub grows.
+"""What one `/metrics` scrape costs as the hub grows, and whether memory
+comes back after the clients leave.
 
     python3 benches/scrape.py [--baseline PATH] [--clients N]
 
@@ -7,8 +8,9 @@ Starts a release wshub (and `--baseline`, an older build, in the same run,
 alternating), then times 200 scrapes of `GET /metrics` (a new connection
 each, as Prometheus without keep-alive) with no clients and with N idle
 WebSocket clients (default 10,000). Prints the median and p99 time of a
-scrape as the scraper sees it. Loopback only; every process it starts is
-stopped by its PID; about 1 minute.
+scrape as the scraper sees it, then the server's RSS before the N clients,
+with them, and 3 s after they all left. Loopback only; every process it
+starts is stopped by its PID; about 1 minute.
 """
 import os
 import resource
@@ -68,17 +70,30 @@ def scrape(port):
     return elapsed
 
 
-def measure(binary, clients):
+def rss(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure(binary, clients, memory):
     port = free_port()
     proc = subprocess.Popen(["taskset", "-c", "0", binary, "--listen", f"127.0.0.1:{port}", "--log-level", "warn",
                              "--max-connections", "20000"], stderr=subprocess.DEVNULL, env=uncapped_env())
     try:
         wait_listening(proc, port, binary)
+        time.sleep(0.5)
+        before = rss(proc.pid)
         socks = open_idle(port, clients)
         time.sleep(1)
         times = sorted(scrape(port) for _ in range(SCRAPES))
+        with_them = rss(proc.pid)
         for s in socks:
             s.close()
+        time.sleep(3)
+        memory.append((before, with_them, rss(proc.pid)))
         return statistics.median(times), times[int(len(times) * 0.99) - 1]
     finally:
         stop(proc)
@@ -95,11 +110,20 @@ def main():
         binaries["baseline"] = os.path.abspath(arg("--baseline", ""))
     print("| idle clients | server | scrape median ms | scrape p99 ms |")
     print("| --- | --- | --- | --- |")
+    memory = {}
     for n in (0, clients):
         for name, binary in binaries.items():
             print(f"  {n} clients: {name}", file=sys.stderr)
-            median, p99 = measure(binary, n)
+            memory[name] = []
+            median, p99 = measure(binary, n, memory[name])
             print(f"| {n} | {name} | {median:.2f} | {p99:.2f} |")
+    mib = lambda b: f"{b / 1048576:.1f} MiB"
+    print()
+    print(f"| server | RSS before | with {clients} idle clients | 3 s after they left |")
+    print("| --- | --- | --- | --- |")
+    for name, samples in memory.items():
+        before, with_them, after = samples[-1]
+        print(f"| {name} | {mib(before)} | {mib(with_them)} | {mib(after)} |")
 
 
 if __name__ == "__main__":

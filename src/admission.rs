@@ -174,9 +174,21 @@ impl Admission {
         }
     }
 
+    /// Gives back the per-source table's memory after a peak.
+    pub(crate) fn shrink(&mut self) {
+        if let Some(map) = self.per_source.as_mut() {
+            map.shrink_to_fit();
+        }
+    }
+
     /// Connections still sending their HTTP request.
     pub(crate) fn pending(&self) -> usize {
         self.pending
+    }
+
+    /// A persistent HTTP connection waits for its next request.
+    pub(crate) fn request_started(&mut self) {
+        self.pending += 1;
     }
 
     /// A connection finished sending its HTTP request.

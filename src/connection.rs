@@ -25,7 +25,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use crate::admission::{Admission, Peer};
 use crate::config::Config;
 use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, SharedFrame};
-use crate::http::{self, PublishHead, Rejection, Request};
+use crate::http::{self, Body, PublishHead, Rejection, Request};
 pub use crate::reason::Reason;
 use crate::send_queue::{QueueLimits, SendQueue};
 use crate::time::{Millis, NEVER, millis};
@@ -48,6 +48,15 @@ const DEMO_PAGE: &str = include_str!("demo.html");
 
 /// How long a closing connection waits for the peer to close its side.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Requests one persistent HTTP connection may make; the last answer says
+/// `Connection: close`.
+pub const MAX_REQUESTS: u16 = 1000;
+
+/// Unsent answers a persistent connection may have before the next one is
+/// its last: bounds what a client that pipelines requests and reads
+/// nothing can make the hub hold.
+const MAX_UNREAD_ANSWERS: usize = 64 * 1024;
 
 /// What the hub must do after feeding bytes or ticking.
 #[derive(Debug)]
@@ -130,6 +139,10 @@ pub struct Connection {
     /// The queue holds bytes that must not wait for `--write-delay` (an
     /// HTTP answer, a pong, a close), since it was last empty.
     urgent: bool,
+    /// HTTP requests answered on this connection (keep-alive).
+    served: u16,
+    /// The request being served said `Connection: close`.
+    close_after: bool,
     /// Inbound rate limits (`--rate-limit-*`), when set (boxed: most hubs
     /// run without, and an idle connection should not pay for it).
     rate: Option<Box<RateLimit>>,
@@ -180,6 +193,8 @@ impl Connection {
             pong: None,
             pongs_queued: 0,
             urgent: false,
+            served: 0,
+            close_after: false,
             rate: None,
         }
     }
@@ -352,7 +367,10 @@ impl Connection {
         *scanned = buf.len();
         let parsed = http::parse_request(buf);
         let (request, head_len) = match parsed {
-            Ok(Some(parsed)) => parsed,
+            Ok(Some(head)) => {
+                self.close_after = head.close;
+                (head.request, head.len)
+            }
             Ok(None) => return (input.len(), Action::Nothing),
             Err(rejection) => return (input.len(), self.reject(rejection, ctx)),
         };
@@ -367,14 +385,10 @@ impl Connection {
         }
         let action = match request {
             Request::Health { head_only } => {
-                let answer = if head_only { http::head_response } else { http::response };
-                self.send_last(SharedFrame::from(answer(200, "text/plain", "ok\n")), ctx.now);
-                Action::Closing(Reason::HttpDone)
+                let with = if head_only { Body::HeadOnly } else { Body::Full };
+                self.answer_with("text/plain", "ok\n", with, ctx.now)
             }
-            Request::Demo => {
-                self.send_last(SharedFrame::from(http::response(200, "text/html; charset=utf-8", DEMO_PAGE)), ctx.now);
-                Action::Closing(Reason::HttpDone)
-            }
+            Request::Demo => self.answer_with("text/html; charset=utf-8", DEMO_PAGE, Body::Full, ctx.now),
             Request::Metrics(credentials) => {
                 match ctx.admission.metrics(ctx.config, &credentials, self.arrival(ctx.config)) {
                     Err(rejection) => self.reject(rejection, ctx),
@@ -459,16 +473,44 @@ impl Connection {
         Action::Publish(topic, frame::encode_message(kind, &body))
     }
 
-    /// Sends the answer the hub produced for this request (`/metrics`); the
-    /// connection closes after it.
-    pub fn answer(&mut self, response: Vec<u8>, now: Millis) {
-        self.send_last(SharedFrame::from(response), now);
+    /// Sends the answer the hub produced for this request (`/metrics`).
+    pub fn answer(&mut self, content_type: &str, body: &str, now: Millis) -> Action {
+        self.answer_with(content_type, body, Body::Full, now)
     }
 
     /// The hub delivered this connection's publish to `receivers` clients.
-    pub fn published(&mut self, receivers: usize, now: Millis) {
+    pub fn published(&mut self, receivers: usize, now: Millis) -> Action {
         let body = format!("{{\"receivers\": {receivers}}}\n");
-        self.send_last(SharedFrame::from(http::response(200, "application/json", &body)), now);
+        self.answer_with("application/json", &body, Body::Full, now)
+    }
+
+    /// Queues a 200 answer. HTTP/1.1 connections are persistent (RFC 9112
+    /// §9.3): the connection waits for the next request, under the same
+    /// `--handshake-timeout`, unless the client said `Connection: close`,
+    /// it has had `MAX_REQUESTS`, or answers it has not read pile up (a
+    /// client pipelining requests faster than it reads), in which case
+    /// this answer says `Connection: close` and is the last.
+    fn answer_with(&mut self, content_type: &str, body: &str, with: Body, now: Millis) -> Action {
+        self.served = self.served.saturating_add(1);
+        let close = self.close_after
+            || self.served >= MAX_REQUESTS
+            || self.queue.pending_bytes() >= MAX_UNREAD_ANSWERS
+            || self.write_shut;
+        let response = SharedFrame::from(http::answer(content_type, body, with, close));
+        if close {
+            self.send_last(response, now);
+            return Action::Closing(Reason::HttpDone);
+        }
+        self.push_unbounded(response, now);
+        self.phase = Phase::Request { buf: Vec::new(), scanned: 0, since: now };
+        Action::Nothing
+    }
+
+    /// Between two requests of a persistent connection: nothing of the
+    /// next one has come (its end now, by the client or a timeout, is a
+    /// normal end).
+    pub fn is_between_requests(&self) -> bool {
+        self.served > 0 && matches!(&self.phase, Phase::Request { buf, .. } if buf.is_empty())
     }
 
     fn reject(&mut self, rejection: Rejection, ctx: &Context) -> Action {
@@ -648,10 +690,13 @@ impl Connection {
         if stalled && !self.is_closing() {
             return self.drop_slow("send queue stalled", ctx);
         }
+        let idle = self.is_between_requests();
         match &mut self.phase {
             Phase::Request { since, .. } | Phase::PublishBody { since, .. } => {
                 if now >= *since + millis(config.handshake_timeout) {
-                    return Action::Drop(Reason::HandshakeTimeout);
+                    // A persistent connection nobody used again ends
+                    // normally; a request that did not come in time does not.
+                    return Action::Drop(if idle { Reason::HttpDone } else { Reason::HandshakeTimeout });
                 }
             }
             Phase::Publishing => {}
@@ -885,5 +930,52 @@ mod tests {
         let out = sent(&mut conn);
         assert_eq!(&out[..2], b"\x88\x0f");
         assert_eq!(&out[2..4], &1013u16.to_be_bytes());
+    }
+
+    const HEALTH: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n";
+
+    #[test]
+    fn a_persistent_connection_has_a_bounded_number_of_requests() {
+        let config = Config::default();
+        let mut conn = Connection::new(0, local());
+        for i in 1..MAX_REQUESTS {
+            assert!(matches!(feed(&mut conn, HEALTH, &ctx(&config, 0))[..], [Action::Nothing]), "request {i}");
+            let answer = String::from_utf8(sent(&mut conn)).unwrap();
+            assert!(answer.ends_with("ok\n") && !answer.contains("Connection: close"), "{answer}");
+            assert!(conn.is_between_requests());
+        }
+        assert!(matches!(feed(&mut conn, HEALTH, &ctx(&config, 0))[..], [Action::Closing(Reason::HttpDone)]));
+        assert!(String::from_utf8(sent(&mut conn)).unwrap().contains("Connection: close\r\n"), "the last one says so");
+    }
+
+    #[test]
+    fn answers_a_pipelining_client_does_not_read_are_bounded() {
+        let config = Config::default();
+        let mut conn = Connection::new(0, local());
+        // Requests in one read, nothing written: once 64 KiB of answers
+        // wait, the next answer is the last.
+        let pipelined: Vec<u8> = HEALTH.iter().copied().cycle().take(HEALTH.len() * 2000).collect();
+        let actions = feed(&mut conn, &pipelined, &ctx(&config, 0));
+        let answered = actions.iter().position(|a| matches!(a, Action::Closing(Reason::HttpDone))).expect("a last one");
+        assert!((500..1000).contains(&answered), "{answered} answers before the last");
+        assert!(conn.queued_bytes() < MAX_UNREAD_ANSWERS + 1024);
+        assert!(actions[answered + 1..].iter().all(|a| matches!(a, Action::Nothing)), "the rest is ignored");
+    }
+
+    #[test]
+    fn an_idle_persistent_connection_ends_as_done_and_a_slow_request_as_a_timeout() {
+        let config = Config::default();
+        let timeout = millis(config.handshake_timeout);
+        let mut conn = Connection::new(0, local());
+        feed(&mut conn, HEALTH, &ctx(&config, 100));
+        sent(&mut conn);
+        assert_eq!(conn.next_deadline(&config), 100 + timeout, "the next request's clock starts at the answer");
+        assert!(matches!(conn.tick(&ctx(&config, 100 + timeout)), Action::Drop(Reason::HttpDone)));
+        let mut conn = Connection::new(0, local());
+        feed(&mut conn, HEALTH, &ctx(&config, 100));
+        sent(&mut conn);
+        feed(&mut conn, b"GET /heal", &ctx(&config, 200));
+        assert!(!conn.is_between_requests());
+        assert!(matches!(conn.tick(&ctx(&config, 100 + timeout)), Action::Drop(Reason::HandshakeTimeout)));
     }
 }

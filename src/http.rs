@@ -133,10 +133,21 @@ pub fn head_complete(buf: &[u8], scanned: usize) -> bool {
     tail.windows(2).enumerate().any(|(i, pair)| pair == b"\n\n" || (pair == b"\n\r" && tail.get(i + 2) == Some(&b'\n')))
 }
 
+/// A parsed request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub request: Request,
+    /// Its length in the buffer (a body, pipelined WebSocket frames or the
+    /// next request may follow it).
+    pub len: usize,
+    /// `Connection: close`: the client wants the connection closed after
+    /// the answer (HTTP/1.1 connections are otherwise persistent, RFC 9112
+    /// §9.3).
+    pub close: bool,
+}
+
 /// Parses a complete or partial request head. `Ok(None)`: need more bytes.
-/// On success, also returns the length of the head (a body or pipelined
-/// WebSocket frames may follow it in `buf`).
-pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Rejection> {
+pub fn parse_request(buf: &[u8]) -> Result<Option<Head>, Rejection> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -182,7 +193,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, Rejection> 
             None => return Err(reject(404, "unknown path")),
         },
     };
-    Ok(Some((request, len)))
+    let close = headers.has_token("connection", "close");
+    Ok(Some(Head { request, len, close }))
 }
 
 struct Headers<'h, 'b>(&'h [httparse::Header<'b>]);
@@ -330,23 +342,29 @@ pub fn upgrade_response(accept_key: &str) -> Vec<u8> {
 /// The interim response that lets a client send a publish body.
 pub const CONTINUE_RESPONSE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
-/// A complete response after which the connection is closed.
-pub fn response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    head_and_body(status, content_type, body, "", true)
+/// Whether a response carries its body: the answer to `HEAD` has the
+/// headers a `GET` would get, without the body (RFC 9110 §9.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Full,
+    HeadOnly,
 }
 
-/// The answer to `HEAD`: the headers a `GET` would get, without the body
-/// (RFC 9110 §9.3.2).
-pub fn head_response(status: u16, content_type: &str, body: &str) -> Vec<u8> {
-    head_and_body(status, content_type, body, "", false)
+/// A 200 answer; `close` says `Connection: close` (the connection ends
+/// after it), else the connection stays open for the next request.
+pub fn answer(content_type: &str, body: &str, with: Body, close: bool) -> Vec<u8> {
+    head_and_body(200, content_type, body, "", with, close)
 }
 
-fn head_and_body(status: u16, content_type: &str, body: &str, allow: &str, with_body: bool) -> Vec<u8> {
+fn head_and_body(status: u16, content_type: &str, body: &str, allow: &str, with: Body, close: bool) -> Vec<u8> {
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
         status_text(status),
         body.len()
     );
+    if close {
+        head.push_str("Connection: close\r\n");
+    }
     match status {
         426 => head.push_str("Sec-WebSocket-Version: 13\r\n"),
         405 => {
@@ -357,7 +375,7 @@ fn head_and_body(status: u16, content_type: &str, body: &str, allow: &str, with_
     }
     head.push_str("\r\n");
     let mut out = head.into_bytes();
-    if with_body {
+    if with == Body::Full {
         out.extend_from_slice(body.as_bytes());
     }
     out
@@ -370,7 +388,7 @@ pub fn rejection_response(rejection: Rejection) -> Vec<u8> {
     let reason = if rejection.status == 401 { "a valid token is needed" } else { rejection.reason };
     let mut body = String::with_capacity(reason.len() + 1);
     let _ = writeln!(body, "{reason}");
-    head_and_body(rejection.status, "text/plain; charset=utf-8", &body, rejection.allow, true)
+    head_and_body(rejection.status, "text/plain; charset=utf-8", &body, rejection.allow, Body::Full, true)
 }
 
 fn status_text(status: u16) -> &'static str {
@@ -410,7 +428,7 @@ mod tests {
     #[test]
     fn rfc_sample_key_gives_rfc_accept() {
         let req = upgrade_request("");
-        let (request, len) = parse_request(req.as_bytes()).unwrap().unwrap();
+        let Head { request, len, .. } = parse_request(req.as_bytes()).unwrap().unwrap();
         assert_eq!(len, req.len());
         let Request::Upgrade(up) = request else { panic!("not an upgrade") };
         assert_eq!(up.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -435,7 +453,7 @@ mod tests {
         for ending in ["\r\n\r\n", "\n\n", "\r\n\n", "\n\r\n"] {
             let req = format!("GET /healthz HTTP/1.1\r\nHost: x{ending}");
             let bytes = req.as_bytes();
-            let (_, len) = parse_request(bytes).unwrap().unwrap();
+            let Head { len, .. } = parse_request(bytes).unwrap().unwrap();
             // noticed no later than httparse completes, fed at any split
             for split in 0..bytes.len() {
                 let first = head_complete(&bytes[..split], 0);
@@ -449,7 +467,9 @@ mod tests {
     #[test]
     fn tokens_are_case_insensitive_comma_lists() {
         let req = "GET /ws?topic=a&topic=b HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-alive, UPGRADE\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n";
-        let Some((Request::Upgrade(up), _)) = parse_request(req.as_bytes()).unwrap() else { panic!("not an upgrade") };
+        let Some(Head { request: Request::Upgrade(up), .. }) = parse_request(req.as_bytes()).unwrap() else {
+            panic!("not an upgrade")
+        };
         assert_eq!(up.topics.len(), 2);
     }
 
@@ -482,10 +502,10 @@ mod tests {
     #[test]
     fn health_and_publish_routes() {
         let health = |m: &str| parse_request(format!("{m} /healthz HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes());
-        assert_eq!(health("GET").unwrap().unwrap().0, Request::Health { head_only: false });
-        assert_eq!(health("HEAD").unwrap().unwrap().0, Request::Health { head_only: true });
+        assert_eq!(health("GET").unwrap().unwrap().request, Request::Health { head_only: false });
+        assert_eq!(health("HEAD").unwrap().unwrap().request, Request::Health { head_only: true });
         let req = "POST /publish/news HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/octet-stream\r\nExpect: 100-continue\r\n\r\nhello";
-        let (Request::Publish(head), len) = parse_request(req.as_bytes()).unwrap().unwrap() else {
+        let Head { request: Request::Publish(head), len, .. } = parse_request(req.as_bytes()).unwrap().unwrap() else {
             panic!("not a publish")
         };
         assert_eq!(&req[len..], "hello");
@@ -497,7 +517,9 @@ mod tests {
         let chunked = "POST /publish/news HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(status_of(chunked), 411);
         let bad_topic = "POST /publish/a%20b HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n";
-        let Some((Request::Publish(head), _)) = parse_request(bad_topic.as_bytes()).unwrap() else { panic!() };
+        let Some(Head { request: Request::Publish(head), .. }) = parse_request(bad_topic.as_bytes()).unwrap() else {
+            panic!()
+        };
         assert!(head.topic.is_err());
     }
 
@@ -525,7 +547,7 @@ mod tests {
         }
         let req = upgrade_request("Authorization: bearer h.p.s\r\nOrigin: https://a.example\r\n")
             .replace("/ws", "/ws?topic=t&token=q.r.s");
-        let Some((Request::Upgrade(up), _)) = parse_request(req.as_bytes()).unwrap() else { panic!() };
+        let Some(Head { request: Request::Upgrade(up), .. }) = parse_request(req.as_bytes()).unwrap() else { panic!() };
         assert_eq!(up.credentials.bearer.as_deref(), Some("h.p.s"));
         assert_eq!(up.credentials.query_token.as_deref(), Some("q.r.s"));
         assert_eq!(up.credentials.origin.as_deref(), Some("https://a.example"));
@@ -540,7 +562,7 @@ mod tests {
         }
         let publish = |len: &str| {
             let req = format!("POST /publish/t HTTP/1.1\r\nHost: h\r\nContent-Length: {len}\r\n\r\n");
-            parse_request(req.as_bytes()).map(|r| r.map(|(req, _)| req))
+            parse_request(req.as_bytes()).map(|r| r.map(|h| h.request))
         };
         assert_eq!(publish("+2").unwrap_err().status, 400);
         assert!(matches!(publish("0002"), Ok(Some(Request::Publish(PublishHead { content_length: 2, .. })))));
@@ -572,7 +594,23 @@ mod tests {
         assert!(r.ends_with("\r\n\r\nv\n"));
         let ok = String::from_utf8(upgrade_response("abc=")).unwrap();
         assert!(ok.contains("Sec-WebSocket-Accept: abc=\r\n"));
-        let head = String::from_utf8(head_response(200, "text/plain", "ok\n")).unwrap();
+        let head = String::from_utf8(answer("text/plain", "ok\n", Body::HeadOnly, true)).unwrap();
         assert!(head.contains("Content-Length: 3\r\n") && head.ends_with("\r\n\r\n"), "HEAD: no body");
+        assert!(head.contains("Connection: close\r\n"));
+        let open = String::from_utf8(answer("text/plain", "ok\n", Body::Full, false)).unwrap();
+        assert!(!open.contains("Connection") && open.ends_with("\r\n\r\nok\n"), "{open}");
+    }
+
+    #[test]
+    fn connection_close_is_read_from_any_connection_header() {
+        let close = |extra: &str| {
+            let req = format!("GET /healthz HTTP/1.1\r\nHost: h\r\n{extra}\r\n");
+            parse_request(req.as_bytes()).unwrap().unwrap().close
+        };
+        assert!(!close(""), "persistent by default");
+        assert!(close("Connection: close\r\n"));
+        assert!(close("Connection: TE, Close\r\n"));
+        assert!(close("Connection: keep-alive\r\nConnection: close\r\n"));
+        assert!(!close("Connection: keep-alive\r\n"));
     }
 }

@@ -55,7 +55,7 @@ pub use logger::{LogFormat, dropped_log_lines, init as init_logger};
 pub use origin::OriginPolicy;
 pub use publisher::{Message, PublishError, Publisher};
 pub use reason::Exit;
-pub use redis::{RedisStats, RedisUrl};
+pub use redis::{LinkLoss, RedisStats, RedisUrl};
 pub use server::Server;
 pub use stats::Stats;
 pub use topic::{Topic, TopicError};

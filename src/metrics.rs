@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 
 use crate::process::ProcessMetrics;
 use crate::reason::Exit;
-use crate::redis::{RedisStats, Role, Unshared};
+use crate::redis::{LinkLoss, RedisStats, Role, Unshared};
 use crate::stats::{REJECTION_STATUSES, Stats};
 
 /// The `Content-Type` of the exposition format.
@@ -117,6 +117,17 @@ fn render_redis(out: &mut Text, redis: &RedisStats) {
         out.family(name, kind, help);
         for role in Role::BOTH {
             out.sample(name, &[("link", role.label())], values[role as usize]);
+        }
+    }
+    out.family(
+        "wshub_redis_lost_total",
+        "counter",
+        "Redis links that were up and went down, by link and cause (closed: by Redis, e.g. its client-output-buffer-limit; timeout; error).",
+    );
+    for role in Role::BOTH {
+        for cause in LinkLoss::ALL {
+            let value = redis.lost[role as usize][cause as usize];
+            out.sample("wshub_redis_lost_total", &[("link", role.label()), ("cause", cause.label())], value);
         }
     }
     out.counter("wshub_redis_publishes_total", "PUBLISH commands Redis confirmed (one per topic).", redis.published);

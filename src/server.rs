@@ -241,7 +241,7 @@ impl EventLoop {
                     REDIS_SUBSCRIBER | REDIS_PUBLISHER => {
                         let role = if event.token() == REDIS_SUBSCRIBER { Role::Subscriber } else { Role::Publisher };
                         if let Some(redis) = self.redis.as_mut() {
-                            redis.ready(role, event, &mut self.hub, &mut self.scratch, self.now);
+                            redis.ready(role, event, &mut self.hub, self.now);
                         }
                     }
                     Token(id) => {

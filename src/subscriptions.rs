@@ -84,6 +84,17 @@ pub struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// Gives back memory after a peak: the per-client tables down to `ids`
+    /// (no client at or past it is subscribed), and the maps to their size.
+    pub fn shrink_to(&mut self, ids: usize) {
+        debug_assert!(self.memberships.iter().skip(ids).all(|j| j.as_slice().is_empty()));
+        shrink_table(&mut self.memberships, ids);
+        shrink_table(&mut self.stamps, ids);
+        shrink_table(&mut self.publish_masks, ids);
+        self.by_name.shrink_to_fit();
+        self.topics.shrink_to_fit();
+    }
+
     /// Subscribes a new client to `topics` (already deduplicated, at most
     /// 16); its messages go to the topics whose bit is set in `publish_mask`.
     /// `created` hears of each topic that had no subscriber before.
@@ -232,6 +243,12 @@ impl Subscriptions {
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }
+}
+
+/// Truncates a per-client table to `ids` entries and frees the rest.
+fn shrink_table<T>(table: &mut Vec<T>, ids: usize) {
+    table.truncate(ids);
+    table.shrink_to_fit();
 }
 
 #[cfg(test)]

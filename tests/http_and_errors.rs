@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-use wshub::Config;
+use wshub::{Config, Exit};
 
 fn upgrade_with(replace: (&str, &str)) -> String {
     upgrade_request("/ws").replace(replace.0, replace.1)
@@ -292,4 +292,89 @@ fn bad_clients_do_not_disturb_good_ones() {
     let _ = http(hub.addr, b"\x00\x01\x02garbage\r\n\r\n");
     good.send(tungstenite::Message::text("still fine")).unwrap();
     assert_eq!(text(&mut good), "still fine");
+}
+
+/// Reads one HTTP response (head and `Content-Length` body) off a
+/// persistent connection.
+fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end + 4]).into_owned();
+            let length: usize =
+                head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map_or(0, |v| v.trim().parse().unwrap());
+            if pending.len() >= end + 4 + length {
+                let response: Vec<u8> = pending.drain(..end + 4 + length).collect();
+                return String::from_utf8(response).unwrap();
+            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        let n = stream.read(&mut chunk).expect("read");
+        assert!(n > 0, "closed before a whole response");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// HTTP/1.1 keep-alive (RFC 9112 §9.3): a publisher reuses one connection
+/// for publishes, health checks and scrapes, two requests may come in one
+/// write, and `Connection: close` ends it after the answer.
+#[test]
+fn publishers_keep_their_connection_until_they_say_close() {
+    let hub = Hub::default();
+    let mut reader = client(&hub, "/ws?topic=t");
+    let mut stream = TcpStream::connect(hub.addr).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut pending = Vec::new();
+    for i in 0..3 {
+        let body = format!("message {i}");
+        write!(stream, "POST /publish/t HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .unwrap();
+        let response = read_response(&mut stream, &mut pending);
+        assert_eq!(status_of(&response), 200, "{response}");
+        assert!(!response.contains("Connection: close"), "{response}");
+        assert!(response.ends_with("{\"receivers\": 1}\n"), "{response}");
+        assert_eq!(text(&mut reader), body);
+    }
+    // Two requests in one write are answered in order.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut stream, &mut pending).ends_with("\r\n\r\nok\n"));
+    let metrics = read_response(&mut stream, &mut pending);
+    assert!(metrics.contains("wshub_http_publishes_total 3\n"), "{metrics}");
+    assert!(metrics.contains("wshub_connections_accepted_total 2\n"), "one connection for all of it: {metrics}");
+    // The last one.
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let last = read_response(&mut stream, &mut pending);
+    assert!(last.contains("Connection: close\r\n"), "{last}");
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "closed after the answer");
+    wait_until("the end counted as done", || hub.publisher.stats().exited(Exit::HttpDone) == 1);
+}
+
+/// A persistent connection nobody uses again is closed after the handshake
+/// timeout, as a normal end; one that leaves between requests also ends
+/// normally; an error answer always closes.
+#[test]
+fn idle_persistent_connections_end_normally_and_errors_close() {
+    let hub = Hub::start(Config { handshake_timeout: Duration::from_millis(300), ..Config::default() });
+    let mut idle = TcpStream::connect(hub.addr).unwrap();
+    idle.set_read_timeout(Some(PATIENCE)).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut pending = Vec::new();
+    assert_eq!(status_of(&read_response(&mut idle, &mut pending)), 200);
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0, "closed once idle for the handshake timeout");
+    let mut leaves = TcpStream::connect(hub.addr).unwrap();
+    leaves.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(status_of(&read_response(&mut leaves, &mut Vec::new())), 200);
+    drop(leaves);
+    wait_until("both counted as done", || hub.publisher.stats().exited(Exit::HttpDone) == 2);
+    assert_eq!(hub.publisher.stats().exited(Exit::HandshakeTimeout), 0);
+    let mut wrong = TcpStream::connect(hub.addr).unwrap();
+    wrong.set_read_timeout(Some(PATIENCE)).unwrap();
+    wrong.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    wrong.read_to_string(&mut response).unwrap();
+    assert_eq!(status_of(&response), 404);
+    assert!(response.contains("Connection: close\r\n"));
 }

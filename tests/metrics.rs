@@ -137,7 +137,9 @@ fn gauge(addr: std::net::SocketAddr, name: &str) -> f64 {
 /// happens.
 #[test]
 fn open_fds_and_queued_bytes_follow_the_connections() {
-    let hub = Hub::default();
+    // Queues large enough to hold more than the kernel's socket buffers.
+    let config = Config { queue_bytes: 64 << 20, max_message_size: 256 << 10, ..Config::default() };
+    let hub = Hub::start(config);
     let fds = || gauge(hub.addr, "process_open_fds");
     let before = fds();
     let mut clients: Vec<RawWs> = (0..30).map(|_| RawWs::connect(hub.addr, "/ws?topic=t")).collect();
@@ -146,12 +148,12 @@ fn open_fds_and_queued_bytes_follow_the_connections() {
     wait_until("30 more descriptors", || fds() == before + 30.0);
     // A client that does not read: its queue fills, and the gauge shows it.
     let stalled = RawWs::connect_small_window(hub.addr, "/ws?topic=s");
-    // Whatever the kernel's buffers take first; at most 120 x 8 KiB (under
-    // the queue's bounds: the client is not dropped).
+    // Whatever the kernel's buffers take first (up to tcp_wmem's 4 MiB);
+    // at most 64 x 256 KiB, under the queue's bounds.
     let mut sent = 0;
     wait_until("queued bytes show", || {
-        if sent < 120 {
-            hub.publisher.publish("s", vec![7u8; 8 * 1024]).unwrap();
+        if sent < 64 {
+            hub.publisher.publish("s", vec![7u8; 256 << 10]).unwrap();
             sent += 1;
         }
         gauge(hub.addr, "wshub_queued_bytes") > 0.0

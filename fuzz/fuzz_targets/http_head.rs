@@ -7,7 +7,8 @@ use wshub::testing::{http_head_complete, http_plausible_start, parse_request};
 
 fuzz_target!(|data: &[u8]| {
     let _ = http_plausible_start(data);
-    if let Ok(Some((_, len))) = parse_request(data) {
+    if let Ok(Some(head)) = parse_request(data) {
+        let len = head.len;
         assert!(len <= data.len());
         // The cheap end-of-head scan must have noticed what httparse found.
         assert!(http_head_complete(&data[..len], 0), "head end not noticed");

@@ -27,7 +27,16 @@ pub(super) struct Budget {
     pub clients: usize,
     /// The most held since memory was last handed back to the system.
     pub peak: usize,
+    /// The most connections since then.
+    pub peak_clients: usize,
+    /// The most connections since the hub was last empty: a burst whose
+    /// tail left after the last trim is trimmed once all are gone.
+    pub drain_peak: usize,
 }
+
+/// A drop in connections worth handing memory back for: from at least this
+/// many to under half.
+const CONNECTION_PEAK: usize = 256;
 
 impl<T: Transport> Hub<T> {
     /// Brings the hub's books up to date with a connection: its share of
@@ -38,9 +47,15 @@ impl<T: Transport> Hub<T> {
         let held = u32::try_from(held).unwrap_or(u32::MAX);
         self.budget.clients = self.budget.clients + held as usize - client.held as usize;
         client.held = held;
-        if client.flags.has(Flags::PENDING) && !client.conn.is_requesting() {
+        let requesting = client.conn.is_requesting();
+        if client.flags.has(Flags::PENDING) && !requesting {
             client.flags.set(Flags::PENDING, false);
             self.admission.request_done();
+        } else if requesting && !client.flags.has(Flags::PENDING) && !client.flags.has(Flags::ENDED) {
+            // A persistent HTTP connection waits for its next request: it
+            // counts against --max-pending again until that one is done.
+            client.flags.set(Flags::PENDING, true);
+            self.admission.request_started();
         }
     }
 
@@ -86,15 +101,41 @@ impl<T: Transport> Hub<T> {
         }
     }
 
-    /// True once after a burst of memory use has passed (the hub held over
-    /// 4 MiB, and now holds under a quarter of that peak): a good moment to
-    /// give freed memory back to the system.
+    /// True once after a burst has passed: of memory use (the hub held over
+    /// 4 MiB, and now holds under a quarter of that peak), or of connections
+    /// (at least 256, and now under half as many, or none). The hub then shrinks its
+    /// own tables, and it is a good moment to give freed memory back to the
+    /// system (TLS sessions and buffers of connections that left).
     pub fn take_trim_hint(&mut self) -> bool {
         let held = self.held_bytes();
-        if self.budget.peak > 4 << 20 && held < self.budget.peak / 4 {
-            self.budget.peak = held;
-            return true;
+        let clients = self.clients.len();
+        let after_bytes = self.budget.peak > 4 << 20 && held < self.budget.peak / 4;
+        let after_connections = (self.budget.peak_clients >= CONNECTION_PEAK && clients < self.budget.peak_clients / 2)
+            || (clients == 0 && self.budget.drain_peak >= CONNECTION_PEAK);
+        if !(after_bytes || after_connections) {
+            return false;
         }
-        false
+        self.budget.peak = held;
+        self.budget.peak_clients = clients;
+        if clients == 0 {
+            self.budget.drain_peak = 0;
+        }
+        self.shrink();
+        true
+    }
+
+    /// Shrinks the hub's tables to what is in use now (a walk over the
+    /// connections, once per trim).
+    fn shrink(&mut self) {
+        self.clients.shrink_to_fit();
+        let ids = self.clients.iter().map(|(id, _)| id + 1).max().unwrap_or(0);
+        self.subscriptions.shrink_to(ids);
+        self.admission.shrink();
+        self.writes.dirty.shrink_to_fit();
+        self.writes.delayed.shrink_to_fit();
+        self.timers.shrink();
+        self.reads.shrink();
+        self.deferred.shrink_to_fit();
+        self.closed.shrink_to_fit();
     }
 }

@@ -51,14 +51,19 @@ impl<T: Transport> Hub<T> {
         self.apply_deferred(now);
     }
 
-    /// Bytes read from a Redis link: messages from other hubs are delivered
-    /// to the clients here.
+    /// Bytes read from a Redis link (none: to go on with what the turn's
+    /// budget left): messages from other hubs are delivered to the clients
+    /// here, up to `REDIS_DELIVERIES_PER_TURN` per turn, so that a flood
+    /// from Redis waits its turn like a flooding client
+    /// ([`Bridge::is_paused`] then says so).
     #[cfg(feature = "redis")]
     pub fn redis_received(&mut self, role: Role, bytes: &[u8], now: Millis) {
         // Out of the hub while it delivers, and back before any client is
         // removed (a removal may unsubscribe a channel).
         let Some(mut bridge) = self.bridge.take() else { return };
-        bridge.received(role, bytes, now, &mut |incoming| self.deliver_heard(incoming, now));
+        let mut budget = self.reads.redis_budget;
+        bridge.received(role, bytes, now, &mut budget, &mut |incoming| self.deliver_heard(incoming, now));
+        self.reads.redis_budget = budget;
         self.bridge = Some(bridge);
         self.apply_deferred(now);
         self.enforce_budget(now);
@@ -66,9 +71,10 @@ impl<T: Transport> Hub<T> {
 
     /// Queues a message heard from Redis to the clients that get it through
     /// its channel: for a hub's message sent to several topics, those for
-    /// whom this channel's topic is the first of them they hold.
+    /// whom this channel's topic is the first of them they hold. Returns
+    /// how many.
     #[cfg(feature = "redis")]
-    fn deliver_heard(&mut self, incoming: Incoming<'_>, now: Millis) {
+    fn deliver_heard(&mut self, incoming: Incoming<'_>, now: Millis) -> usize {
         let frame = frame::encode_message(incoming.kind, incoming.payload);
         let topic = incoming.topic;
         let (subscriptions, mut fanout) = self.fanout(now);
@@ -79,7 +85,7 @@ impl<T: Transport> Hub<T> {
                 subscriptions.for_each_first_holder(topic, earlier, &mut deliver)
             }
             None => subscriptions.for_each_first_holder(topic, std::iter::empty(), &mut deliver),
-        };
+        }
     }
 
     /// The subscriptions, and the rest of the hub a broadcast writes to,

@@ -43,7 +43,6 @@ use crate::admission::Admission;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::{Action, Connection, Context, Reason};
-use crate::http;
 use crate::metrics::{self, Extras};
 use crate::process::ProcessMetrics;
 use crate::reason::LogLimiter;
@@ -181,7 +180,7 @@ impl<T: Transport> Hub<T> {
             writes,
             deferred: Vec::new(),
             closed: Vec::new(),
-            reads: Reads::default(),
+            reads: Reads { redis_budget: reading::REDIS_DELIVERIES_PER_TURN, ..Reads::default() },
             timers: Timers::default(),
             shutdown_deadline: None,
             budget: budget::Budget::default(),
@@ -287,6 +286,8 @@ impl<T: Transport> Hub<T> {
         let client =
             Client { transport, conn: Connection::new(now, peer), flags: Flags(Flags::PENDING), held: 0, timer: NEVER };
         let id = self.clients.insert(client);
+        self.budget.peak_clients = self.budget.peak_clients.max(self.clients.len());
+        self.budget.drain_peak = self.budget.drain_peak.max(self.clients.len());
         self.schedule(id);
         debug!("{peer}: connected");
         id
@@ -409,18 +410,18 @@ impl<T: Transport> Hub<T> {
                 };
                 let text = metrics::render(&self.stats(), &extras);
                 if let Some(client) = self.clients.get_mut(id) {
-                    client.conn.answer(http::response(200, metrics::CONTENT_TYPE, &text), now);
+                    let action = client.conn.answer(metrics::CONTENT_TYPE, &text, now);
+                    self.apply(id, action, now);
                 }
-                self.apply(id, Action::Closing(Reason::HttpDone), now);
             }
             Action::Publish(topic, frame) => {
                 self.stats.http_publishes += 1;
                 let receivers = self.publish(&topic, frame, now);
                 if let Some(client) = self.clients.get_mut(id) {
-                    client.conn.published(receivers, now);
                     debug!("{}: published to {topic} ({receivers} receivers)", client.conn.peer());
+                    let action = client.conn.published(receivers, now);
+                    self.apply(id, action, now);
                 }
-                self.apply(id, Action::Closing(Reason::HttpDone), now);
             }
             Action::Closing(reason) => {
                 self.end(id, reason, now);

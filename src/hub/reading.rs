@@ -41,6 +41,22 @@ pub(super) struct Reads {
     pub(super) round: u8,
     /// Over their inbound rate, by when they may be read again.
     pub(super) throttled: BinaryHeap<Reverse<(Millis, ClientId)>>,
+    /// Deliveries messages from Redis may still make this turn.
+    pub(super) redis_budget: usize,
+}
+
+/// Deliveries (frames queued) that messages heard from Redis may make per
+/// loop turn, summed over both links: Redis input waits its turn like any
+/// client's. 64 messages to 1,000 subscribers take a few milliseconds.
+pub(super) const REDIS_DELIVERIES_PER_TURN: usize = 64 * 1024;
+
+impl Reads {
+    /// Gives back the lists' memory after a peak.
+    pub(super) fn shrink(&mut self) {
+        self.now.shrink_to_fit();
+        self.next.shrink_to_fit();
+        self.throttled.shrink_to_fit();
+    }
 }
 
 impl<T: Transport> Hub<T> {
@@ -78,6 +94,7 @@ impl<T: Transport> Hub<T> {
     /// The turn is over: who still has more is read first next turn.
     pub(super) fn next_turn(&mut self) {
         self.reads.round = 0;
+        self.reads.redis_budget = REDIS_DELIVERIES_PER_TURN;
         self.reads.now.extend(self.reads.next.drain(..));
     }
 
@@ -215,7 +232,14 @@ impl<T: Transport> Hub<T> {
 
     /// The peer closed its sending side (EOF).
     pub fn peer_closed(&mut self, id: ClientId, now: Millis) {
-        self.remove(id, Reason::ConnectionLost(io::ErrorKind::UnexpectedEof), now);
+        let Some(client) = self.clients.get(id) else { return };
+        // A persistent HTTP connection closed between requests: done.
+        let reason = if client.conn.is_between_requests() {
+            Reason::HttpDone
+        } else {
+            Reason::ConnectionLost(io::ErrorKind::UnexpectedEof)
+        };
+        self.remove(id, reason, now);
     }
 
     /// Reading or writing the connection failed.

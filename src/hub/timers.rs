@@ -42,6 +42,13 @@ pub(super) struct Timers {
     pub queued_bytes: u64,
 }
 
+impl Timers {
+    /// Gives back the heap's memory after a peak.
+    pub(super) fn shrink(&mut self) {
+        self.heap.shrink_to_fit();
+    }
+}
+
 impl<T: Transport> Hub<T> {
     /// Files the connection at its earliest deadline, if that is earlier
     /// than where it is filed now.

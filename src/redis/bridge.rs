@@ -23,7 +23,7 @@ use super::envelope::{self, Heard};
 use super::link::Link;
 use super::resp::{self, Parsed, Value};
 use super::url::RedisUrl;
-use super::{Incoming, RedisStats, Role, Unshared};
+use super::{Incoming, LinkLoss, RedisStats, Role, Unshared};
 use crate::frame::MessageKind;
 use crate::log_limit::LineLimiter;
 use crate::time::Millis;
@@ -85,6 +85,13 @@ impl Bridge {
         Role::BOTH.iter().filter(|&&role| !self.is_down(role)).count()
     }
 
+    /// Replies read but left for the next turn by its delivery budget: the
+    /// driver hands them on (`received` with no new bytes) before reading
+    /// the socket again.
+    pub fn is_paused(&self, role: Role) -> bool {
+        self.links[role as usize].paused
+    }
+
     pub fn is_down(&self, role: Role) -> bool {
         self.links[role as usize].is_down()
     }
@@ -124,7 +131,7 @@ impl Bridge {
     }
 
     /// The link's socket failed or closed.
-    pub fn lost(&mut self, role: Role, why: &str, now: Millis) {
+    pub fn lost(&mut self, role: Role, cause: LinkLoss, why: &str, now: Millis) {
         let link = &self.links[role as usize];
         if link.is_down() {
             return;
@@ -139,7 +146,16 @@ impl Bridge {
         self.stats.failures[role as usize] += 1;
         let failures = link.failures();
         if was_up {
-            warn!("redis {}: connection to {} lost: {why}; reconnecting", role.label(), self.url);
+            self.stats.lost[role as usize][cause as usize] += 1;
+            let (label, url) = (role.label(), &self.url);
+            match (role, cause) {
+                // Messages published meanwhile are gone for this hub, and
+                // Redis does not say how many.
+                (Role::Subscriber, LinkLoss::Closed) => warn!(
+                    "redis {label}: connection to {url} closed by Redis: {why}; reconnecting (messages published until then are lost here; if this repeats under load, Redis' client-output-buffer-limit pubsub is closing a subscriber that reads too slowly)"
+                ),
+                _ => warn!("redis {label}: connection to {url} lost ({}): {why}; reconnecting", cause.label()),
+            }
         } else if failures == 1 || failures.is_power_of_two() {
             warn!("redis {}: cannot connect to {} ({failures} attempts): {why}", role.label(), self.url);
         } else {
@@ -151,7 +167,7 @@ impl Bridge {
     pub fn handle_timeout(&mut self, now: Millis) {
         for role in Role::BOTH {
             if let Err(why) = self.links[role as usize].check(now) {
-                self.lost(role, why, now);
+                self.lost(role, LinkLoss::Timeout, why, now);
             }
         }
     }
@@ -185,7 +201,7 @@ impl Bridge {
         if link.unsent() > self.out_limit {
             // Redis is not taking our commands while clients come and go:
             // start over later from the set wanted then, in bounded memory.
-            self.lost(Role::Subscriber, "subscription changes piling up unsent", now);
+            self.lost(Role::Subscriber, LinkLoss::Error, "subscription changes piling up unsent", now);
             return;
         }
         let prefix = &self.prefix;
@@ -234,7 +250,14 @@ impl Bridge {
     /// Bytes read from a link. Messages heard on the subscriber's channels
     /// go to `deliver`, except this hub's own. A reply that is not RESP
     /// fails the link.
-    pub fn received(&mut self, role: Role, bytes: &[u8], now: Millis, deliver: &mut dyn FnMut(Incoming<'_>)) {
+    pub fn received(
+        &mut self,
+        role: Role,
+        bytes: &[u8],
+        now: Millis,
+        budget: &mut usize,
+        deliver: &mut dyn FnMut(Incoming<'_>) -> usize,
+    ) {
         if self.links[role as usize].is_down() {
             return;
         }
@@ -243,9 +266,18 @@ impl Bridge {
         let skipped = link.skip.min(bytes.len());
         link.skip -= skipped;
         let bytes = &bytes[skipped..];
-        if bytes.is_empty() {
+        let paused = std::mem::take(&mut link.paused);
+        if bytes.is_empty() && !paused {
             return;
         }
+        // Each message costs its deliveries (at least one) against the
+        // turn's budget; once it is spent the rest waits in `input`.
+        let left = std::cell::Cell::new(*budget);
+        let mut deliver = |incoming: Incoming<'_>| {
+            let receivers = deliver(incoming);
+            left.set(left.get().saturating_sub(receivers.max(1)));
+            receivers
+        };
         let mut input = std::mem::take(&mut self.links[role as usize].input);
         let carried = !input.is_empty();
         if carried {
@@ -260,11 +292,18 @@ impl Bridge {
                 Ok(Parsed::Value(_, used)) if used > self.max_reply => break Some("reply over the size bound"),
                 Ok(Parsed::Value(value, used)) => {
                     pos += used;
-                    if let Err(why) = self.reply(role, value, now, deliver) {
+                    if let Err(why) = self.reply(role, value, now, &mut deliver) {
                         break Some(why);
                     }
                     if self.links[role as usize].is_down() {
+                        *budget = left.get();
                         return;
+                    }
+                    if left.get() == 0 && pos < data.len() {
+                        // The rest of what was read waits for the next turn,
+                        // and the socket is not read meanwhile.
+                        self.links[role as usize].paused = true;
+                        break None;
                     }
                 }
                 Ok(Parsed::Oversize { head, skip }) => {
@@ -282,8 +321,9 @@ impl Bridge {
                 Err(invalid) => break Some(invalid.0),
             }
         };
+        *budget = left.get();
         if let Some(why) = failure {
-            self.lost(role, why, now);
+            self.lost(role, LinkLoss::Error, why, now);
             return;
         }
         // Keep the incomplete tail for the next read.
@@ -304,7 +344,7 @@ impl Bridge {
         role: Role,
         value: Value<'_>,
         now: Millis,
-        deliver: &mut dyn FnMut(Incoming<'_>),
+        deliver: &mut dyn FnMut(Incoming<'_>) -> usize,
     ) -> Result<(), &'static str> {
         let link = &mut self.links[role as usize];
         if link.in_handshake() {
@@ -358,7 +398,7 @@ impl Bridge {
     }
 
     /// A message heard on a channel.
-    fn heard(&mut self, channel: &[u8], message: &[u8], now: Millis, deliver: &mut dyn FnMut(Incoming<'_>)) {
+    fn heard(&mut self, channel: &[u8], message: &[u8], now: Millis, deliver: &mut dyn FnMut(Incoming<'_>) -> usize) {
         let topic = channel.strip_prefix(&*self.prefix).and_then(|t| std::str::from_utf8(t).ok());
         let Some(topic) = topic.filter(|t| Topic::new(t).is_ok()) else {
             self.invalid(now, "a message on a channel this hub does not use");
@@ -480,8 +520,23 @@ mod tests {
     }
 
     fn feed(bridge: &mut Bridge, role: Role, bytes: &[u8], now: Millis) -> Vec<(String, MessageKind, Vec<u8>)> {
+        let mut budget = usize::MAX;
+        feed_within(bridge, role, bytes, now, &mut budget)
+    }
+
+    /// Feeds bytes with a delivery budget (each message: one delivery).
+    fn feed_within(
+        bridge: &mut Bridge,
+        role: Role,
+        bytes: &[u8],
+        now: Millis,
+        budget: &mut usize,
+    ) -> Vec<(String, MessageKind, Vec<u8>)> {
         let mut got = Vec::new();
-        bridge.received(role, bytes, now, &mut |m| got.push((m.topic.to_string(), m.kind, m.payload.to_vec())));
+        bridge.received(role, bytes, now, budget, &mut |m| {
+            got.push((m.topic.to_string(), m.kind, m.payload.to_vec()));
+            1
+        });
         got
     }
 
@@ -553,7 +608,7 @@ mod tests {
         assert_eq!(drain(&mut bridge, Role::Subscriber), "*2\r\n$9\r\nSUBSCRIBE\r\n$7\r\nwshub:t\r\n");
         bridge.topic_removed(&topic("t"), 2);
         assert_eq!(drain(&mut bridge, Role::Subscriber), "*2\r\n$11\r\nUNSUBSCRIBE\r\n$7\r\nwshub:t\r\n");
-        bridge.lost(Role::Subscriber, "test", 3);
+        bridge.lost(Role::Subscriber, LinkLoss::Error, "test", 3);
         bridge.topic_added(&topic("later"), 4);
         bridge.topic_removed(&topic("early"), 4);
         assert_eq!(bridge.transmit(Role::Subscriber), b"", "nothing queued while down");
@@ -595,7 +650,7 @@ mod tests {
         assert!(drain(&mut bridge, Role::Publisher).contains("PING"), "an idle link pings");
         bridge.publish(topics[..1].iter(), MessageKind::Text, b"x", 3 + KEEPALIVE);
         assert!(!bridge.drained());
-        bridge.lost(Role::Publisher, "test", 4 + KEEPALIVE);
+        bridge.lost(Role::Publisher, LinkLoss::Closed, "test", 4 + KEEPALIVE);
         assert_eq!(bridge.stats().unshared[2], 1, "unconfirmed when the link broke (the PING is not a message)");
         assert!(bridge.drained(), "a link that is down holds nothing");
     }
@@ -682,5 +737,37 @@ mod tests {
         bridge.handle_timeout(CONNECT_TIMEOUT);
         assert!(bridge.is_down(Role::Subscriber) && bridge.is_down(Role::Publisher));
         assert_eq!(bridge.stats().failures, [1, 1]);
+    }
+
+    #[test]
+    fn a_flood_is_delivered_a_budget_at_a_time_and_resumes_where_it_stopped() {
+        let mut bridge = bridge("redis://h");
+        up(&mut bridge, 0);
+        let push = |i: u32| {
+            let payload = i.to_string();
+            format!("*3\r\n$7\r\nmessage\r\n$7\r\nwshub:t\r\n${}\r\n{payload}\r\n", payload.len())
+        };
+        let flood: String = (0..10).map(push).collect();
+        let mut budget = 4;
+        let got = feed_within(&mut bridge, Role::Subscriber, flood.as_bytes(), 1, &mut budget);
+        assert_eq!(got.len(), 4, "four deliveries' worth");
+        assert_eq!(budget, 0);
+        assert!(bridge.is_paused(Role::Subscriber), "the rest waits; the socket is not read");
+        assert!(bridge.buffered_bytes() >= flood.len() / 2, "what waits is counted");
+        // The next turn goes on where it stopped, before any new bytes.
+        let mut budget = 4;
+        let got = feed_within(&mut bridge, Role::Subscriber, b"", 2, &mut budget);
+        assert_eq!(
+            got.iter().map(|m| m.2.clone()).collect::<Vec<_>>(),
+            [b"4".to_vec(), b"5".to_vec(), b"6".to_vec(), b"7".to_vec()]
+        );
+        let mut budget = 4;
+        let got = feed_within(&mut bridge, Role::Subscriber, push(10).as_bytes(), 3, &mut budget);
+        assert_eq!(got.iter().map(|m| m.2.clone()).collect::<Vec<_>>(), [b"8".to_vec(), b"9".to_vec(), b"10".to_vec()]);
+        assert!(!bridge.is_paused(Role::Subscriber), "all through: read the socket again");
+        // A budget spent exactly at the end of the input leaves nothing waiting.
+        let mut budget = 1;
+        feed_within(&mut bridge, Role::Subscriber, push(11).as_bytes(), 4, &mut budget);
+        assert!(!bridge.is_paused(Role::Subscriber));
     }
 }

@@ -44,6 +44,9 @@ pub struct Link {
     pub(super) input: Vec<u8>,
     /// Bytes still to drop of a message over the size limit.
     pub(super) skip: usize,
+    /// `input` holds replies the turn's budget left unprocessed: process
+    /// them before reading the socket again.
+    pub(super) paused: bool,
     /// Replies owed for commands queued; the first `handshake` of them
     /// answer the handshake.
     owed: usize,
@@ -67,6 +70,7 @@ impl Link {
             sent: 0,
             input: Vec::new(),
             skip: 0,
+            paused: false,
             owed: 0,
             handshake: 0,
             waiting_since: 0,
@@ -101,6 +105,7 @@ impl Link {
         self.sent = 0;
         self.input.clear();
         self.skip = 0;
+        self.paused = false;
         self.state = State::Starting { since: now };
         self.handshake = handshake(&mut self.out);
         self.owed = self.handshake;
@@ -151,6 +156,7 @@ impl Link {
         self.out = Vec::new();
         self.sent = 0;
         self.input = Vec::new();
+        self.paused = false;
         self.owed = 0;
         self.handshake = 0;
         let delay = (BACKOFF_FIRST << self.failures.min(16)).min(BACKOFF_CAP);

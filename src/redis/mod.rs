@@ -75,6 +75,43 @@ impl Unshared {
     }
 }
 
+/// Why a link that was up went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkLoss {
+    /// Redis closed the connection (an EOF or a reset): a restart, `CLIENT
+    /// KILL`, `timeout`, or `client-output-buffer-limit` on a subscriber
+    /// that read too slowly.
+    Closed = 0,
+    /// Redis did not answer in time.
+    Timeout = 1,
+    /// A socket or TLS error, a reply the hub could not read, or commands
+    /// piling up unsent.
+    Error = 2,
+}
+
+impl LinkLoss {
+    pub const ALL: [LinkLoss; 3] = [LinkLoss::Closed, LinkLoss::Timeout, LinkLoss::Error];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            LinkLoss::Closed => "closed",
+            LinkLoss::Timeout => "timeout",
+            LinkLoss::Error => "error",
+        }
+    }
+
+    /// The cause an I/O error on a link's socket stands for.
+    #[cfg(feature = "redis")]
+    pub fn of(e: &std::io::Error) -> LinkLoss {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        match e.kind() {
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => LinkLoss::Closed,
+            std::io::ErrorKind::TimedOut => LinkLoss::Timeout,
+            _ => LinkLoss::Error,
+        }
+    }
+}
+
 /// What the bridge has done, for `/metrics` and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RedisStats {
@@ -84,6 +121,8 @@ pub struct RedisStats {
     pub connects: [u64; 2],
     /// Per link: connections failed or lost (counter).
     pub failures: [u64; 2],
+    /// Per link, by [`LinkLoss`]: links that were up and went down (counter).
+    pub lost: [[u64; 3]; 2],
     /// PUBLISH commands Redis confirmed (counter).
     pub published: u64,
     /// PUBLISH commands that did not reach Redis (counter), by reason:

@@ -29,7 +29,7 @@ impl RedisSockets {
         match *self {}
     }
 
-    pub(super) fn ready(&mut self, _: Role, _: &Event, _: &mut Hub<Stream>, _: &mut [u8], _: Millis) {
+    pub(super) fn ready(&mut self, _: Role, _: &Event, _: &mut Hub<Stream>, _: Millis) {
         match *self {}
     }
 

