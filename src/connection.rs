@@ -492,10 +492,7 @@ impl Connection {
     /// this answer says `Connection: close` and is the last.
     fn answer_with(&mut self, content_type: &str, body: &str, with: Body, now: Millis) -> Action {
         self.served = self.served.saturating_add(1);
-        let close = self.close_after
-            || self.served >= MAX_REQUESTS
-            || self.queue.pending_bytes() >= MAX_UNREAD_ANSWERS
-            || self.write_shut;
+        let close = self.close_after || self.served >= MAX_REQUESTS || self.queue.pending_bytes() >= MAX_UNREAD_ANSWERS;
         let response = SharedFrame::from(http::answer(content_type, body, with, close));
         if close {
             self.send_last(response, now);

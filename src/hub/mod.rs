@@ -122,17 +122,23 @@ impl<T> Client<T> {
     /// [`Connection::may_wait`]).
     #[inline]
     fn mark_dirty(&mut self, key: ClientId, writes: &mut Writes, now: Millis) {
-        if self.flags.has(Flags::DIRTY) || !self.conn.wants_write() {
-            return;
-        }
-        if writes.delay != 0 && self.conn.may_wait() {
+        if writes.delay != 0 && !self.flags.has(Flags::DIRTY) && self.conn.wants_write() && self.conn.may_wait() {
             if !self.flags.replace(Flags::DELAYED, true) {
                 writes.delayed.push_back((now.saturating_add(writes.delay), key));
             }
             return;
         }
-        self.flags.set(Flags::DIRTY, true);
-        writes.dirty.push(key);
+        self.list_for_this_turn(key, &mut writes.dirty);
+    }
+
+    /// Lists it (once) for the writes at the end of this turn, if it has
+    /// bytes to send.
+    #[inline]
+    fn list_for_this_turn(&mut self, key: ClientId, dirty: &mut Vec<ClientId>) {
+        if !self.flags.has(Flags::DIRTY) && self.conn.wants_write() {
+            self.flags.set(Flags::DIRTY, true);
+            dirty.push(key);
+        }
     }
 }
 

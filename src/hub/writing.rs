@@ -67,10 +67,7 @@ impl<T: Transport> Hub<T> {
             if !client.flags.has(Flags::BLOCKED) {
                 client.conn.write_due(now);
             }
-            if !client.flags.has(Flags::DIRTY) && client.conn.wants_write() {
-                client.flags.set(Flags::DIRTY, true);
-                writes.dirty.push(id);
-            }
+            client.list_for_this_turn(id, &mut writes.dirty);
         }
     }
 
