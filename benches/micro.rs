@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use wshub::testing::{
-    Admission, Connection, Context, FrameDecoder, Hub, MemoryTransport, MessageKind, encode_client, encode_message,
-    parse_request,
+    Admission, Connection, Context, FrameDecoder, Hub, Inflater, MemoryTransport, MessageKind, encode_client,
+    encode_message, parse_request,
 };
 use wshub::{Config, Topic};
 
@@ -135,7 +135,8 @@ fn main() {
     );
     let config = Config::default();
     let admission = Admission::new();
-    let ctx = Context { config: &config, now: 0, admission: &admission };
+    let inflater = Inflater::default();
+    let ctx = Context { config: &config, now: 0, admission: &admission, inflater: &inflater };
     let mut conn = Connection::new(0, ([127, 0, 0, 1], 1).into());
     let _ = conn.receive(&mut UPGRADE.to_vec(), &ctx);
     black_box(&conn);

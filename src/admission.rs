@@ -414,7 +414,12 @@ mod tests {
     #[test]
     fn capacity_refuses_upgrades_with_503() {
         let config = Config { max_connections: 1, ..Config::default() };
-        let up = Upgrade { accept_key: String::new(), topics: Vec::new(), credentials: Credentials::default() };
+        let up = Upgrade {
+            accept_key: String::new(),
+            topics: Vec::new(),
+            credentials: Credentials::default(),
+            deflate: None,
+        };
         let mut admission = Admission::default();
         assert!(admission.upgrade(&config, &up, peer(LOCAL)).is_ok());
         admission.joined();
@@ -475,6 +480,7 @@ mod tests {
             accept_key: String::new(),
             topics: Vec::new(),
             credentials: credentials(host, origin, None),
+            deflate: None,
         };
         let config = Config::default();
         let hub = "127.0.0.1:8080";

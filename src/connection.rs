@@ -24,6 +24,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::admission::{Admission, Peer};
 use crate::config::Config;
+use crate::deflate::{InflateError, Inflater};
 use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, SharedFrame};
 use crate::http::{self, Body, PublishHead, Rejection, Request};
 pub use crate::reason::Reason;
@@ -42,6 +43,11 @@ const NO_CLIENT_PUBLISH: ProtocolError =
 const TOKEN_EXPIRED: ProtocolError = ProtocolError { code: CloseCode::Policy, reason: "token expired" };
 const MESSAGE_TIMEOUT: ProtocolError =
     ProtocolError { code: CloseCode::Policy, reason: "message not completed within --message-timeout" };
+/// A compressed message that does not inflate, inflates past the size
+/// limit, or inflates to text that is not UTF-8.
+const BAD_DEFLATE: ProtocolError = ProtocolError { code: CloseCode::Invalid, reason: "invalid compressed data" };
+const INFLATED_TOO_BIG: ProtocolError = ProtocolError { code: CloseCode::Size, reason: "message too big" };
+const INFLATED_NOT_UTF8: ProtocolError = ProtocolError { code: CloseCode::Invalid, reason: "invalid UTF-8 in text" };
 
 /// The page `--demo` serves at `GET /`: one self-contained file.
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -62,10 +68,10 @@ const MAX_UNREAD_ANSWERS: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Action {
     Nothing,
-    /// Upgrade accepted: subscribe this client to these topics.
-    /// Subscribe to these topics; bit `i` of the mask: the client may
-    /// publish to topic `i`.
-    Subscribe(Vec<Topic>, u16),
+    /// Upgrade accepted: subscribe this client to these topics; bit `i` of
+    /// the mask: the client may publish to topic `i`. The last field: the
+    /// client's `server_max_window_bits` if it negotiated compression, else 0.
+    Subscribe(Vec<Topic>, u16, u8),
     /// A message from this client to everyone on its topics.
     Broadcast(SharedFrame),
     /// An HTTP publish: deliver, then report with [`Connection::published`].
@@ -85,6 +91,8 @@ pub struct Context<'a> {
     pub now: Millis,
     /// The hub's admission step, asked once the request head is complete.
     pub admission: &'a Admission,
+    /// The hub's one inflater, for compressed client messages.
+    pub inflater: &'a Inflater,
 }
 
 #[derive(Debug)]
@@ -178,6 +186,15 @@ impl RateLimit {
         let secs =
             wait(1.0 - self.messages, config.rate_limit_messages).max(wait(-self.bytes, config.rate_limit_bytes));
         (secs > 0.0).then(|| self.refilled + (secs * 1000.0).ceil() as Millis)
+    }
+}
+
+/// Takes a data message of `len` bytes from the client's rate buckets.
+fn count_message(rate: &mut Option<Box<RateLimit>>, len: usize, ctx: &Context) {
+    if let Some(rate) = rate.as_mut() {
+        rate.refill(ctx.config, ctx.now);
+        rate.messages -= 1.0;
+        rate.bytes -= len as f64;
     }
 }
 
@@ -305,14 +322,28 @@ impl Connection {
                         let consumed = decoded.consumed;
                         let action = match decoded.event {
                             None | Some(Event::Pong) => Action::Nothing,
-                            Some(Event::Message(..)) if !may_publish => self.fail(NO_CLIENT_PUBLISH, ctx),
+                            Some(Event::Message(..) | Event::Compressed(..)) if !may_publish => {
+                                self.fail(NO_CLIENT_PUBLISH, ctx)
+                            }
                             Some(Event::Message(kind, payload)) => {
-                                if let Some(rate) = self.rate.as_mut() {
-                                    rate.refill(ctx.config, ctx.now);
-                                    rate.messages -= 1.0;
-                                    rate.bytes -= payload.len() as f64;
-                                }
+                                count_message(&mut self.rate, payload.len(), ctx);
                                 Action::Broadcast(frame::encode_message(kind, payload))
+                            }
+                            Some(Event::Compressed(kind, payload)) => {
+                                let max = ctx.config.max_message_size;
+                                let inflated = ctx.inflater.inflate(payload, max, |plain| {
+                                    let text_ok = kind == MessageKind::Binary || std::str::from_utf8(plain).is_ok();
+                                    text_ok.then(|| (plain.len(), frame::encode_message(kind, plain)))
+                                });
+                                match inflated {
+                                    Ok(Some((len, frame))) => {
+                                        count_message(&mut self.rate, len, ctx);
+                                        Action::Broadcast(frame)
+                                    }
+                                    Ok(None) => self.fail(INFLATED_NOT_UTF8, ctx),
+                                    Err(InflateError::TooBig) => self.fail(INFLATED_TOO_BIG, ctx),
+                                    Err(InflateError::Invalid) => self.fail(BAD_DEFLATE, ctx),
+                                }
                             }
                             Some(Event::Ping(payload)) => {
                                 let pong = frame::encode_pong(payload);
@@ -401,13 +432,15 @@ impl Connection {
             Request::Upgrade(upgrade) => match ctx.admission.upgrade(ctx.config, &upgrade, self.arrival(ctx.config)) {
                 Err(rejection) => self.reject(rejection, ctx),
                 Ok(admitted) => {
-                    self.push_unbounded(SharedFrame::from(http::upgrade_response(&upgrade.accept_key)), ctx.now);
+                    let deflate = upgrade.deflate.filter(|_| ctx.config.compression && cfg!(feature = "deflate"));
+                    let response = http::upgrade_response(&upgrade.accept_key, deflate.as_ref());
+                    self.push_unbounded(SharedFrame::from(response), ctx.now);
                     if let Some(sub) = &admitted.sub {
                         let peer = crate::logger::ShortText::of(self.peer);
                         log::debug!(peer = peer.as_str(), sub = sub.as_str(); "{}: token sub {sub}", self.peer);
                     }
                     self.phase = Phase::Open {
-                        decoder: FrameDecoder::default(),
+                        decoder: FrameDecoder::new(deflate.is_some()),
                         last_heard: ctx.now,
                         ping_sent: false,
                         may_publish: admitted.publish_mask != 0,
@@ -426,7 +459,7 @@ impl Connection {
                         };
                         self.rate = Some(Box::new(bucket));
                     }
-                    Action::Subscribe(upgrade.topics, admitted.publish_mask)
+                    Action::Subscribe(upgrade.topics, admitted.publish_mask, deflate.map_or(0, |d| d.window_bits))
                 }
             },
             Request::Publish(head) => self.start_publish(head, since, ctx),
@@ -740,7 +773,10 @@ mod tests {
     static NOBODY: Admission = Admission::new();
 
     fn ctx(config: &Config, now: Millis) -> Context<'_> {
-        Context { config, now, admission: &NOBODY }
+        thread_local! {
+            static INFLATER: &'static Inflater = Box::leak(Box::default());
+        }
+        Context { config, now, admission: &NOBODY, inflater: INFLATER.with(|i| *i) }
     }
 
     fn local() -> SocketAddr {
@@ -783,7 +819,7 @@ mod tests {
         let mut bytes = UPGRADE.to_vec();
         bytes.extend(masked(0x81, b"hi"));
         let actions = feed(&mut conn, &bytes, &ctx(&config, 0));
-        assert!(matches!(&actions[0], Action::Subscribe(t, _) if t[0].as_str() == "x"));
+        assert!(matches!(&actions[0], Action::Subscribe(t, ..) if t[0].as_str() == "x"));
         assert!(matches!(&actions[1], Action::Broadcast(f) if &f[..] == b"\x81\x02hi"));
         assert!(String::from_utf8(sent(&mut conn)).unwrap().starts_with("HTTP/1.1 101 "));
     }

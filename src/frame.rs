@@ -123,6 +123,9 @@ impl MessageKind {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     Message(MessageKind, &'a [u8]),
+    /// A message sent compressed (RSV1, permessage-deflate): the payload
+    /// still to inflate, and UTF-8 still to check once inflated.
+    Compressed(MessageKind, &'a [u8]),
     Ping(&'a [u8]),
     Pong,
     /// A close frame; `code` is `None` for an empty close payload.
@@ -172,10 +175,38 @@ pub struct FrameDecoder {
     /// Payloads that did not arrive in one piece.
     pieces: Option<Box<Pieces>>,
     utf8: Utf8Validator,
-    /// The last event borrowed `message_buf`: clear it on the next call.
-    release_message: bool,
-    /// The last event borrowed `control_buf`: clear it on the next call.
-    release_control: bool,
+    /// One bit each (an idle connection is small): see [`Marks`].
+    marks: Marks,
+}
+
+/// A decoder's switches, one bit each.
+#[derive(Debug, Default, Clone, Copy)]
+struct Marks(u8);
+
+impl Marks {
+    /// The last event borrowed the message pieces: clear them on the next call.
+    const RELEASE_MESSAGE: u8 = 1;
+    /// The last event borrowed the control pieces: clear them on the next call.
+    const RELEASE_CONTROL: u8 = 1 << 1;
+    /// permessage-deflate was negotiated: RSV1 may mark a message compressed.
+    const DEFLATE: u8 = 1 << 2;
+    /// The data message in progress came with RSV1.
+    const COMPRESSED: u8 = 1 << 3;
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    fn set(&mut self, bit: u8, on: bool) {
+        self.0 = if on { self.0 | bit } else { self.0 & !bit };
+    }
+
+    /// Clears `bit`; returns whether it was set.
+    fn take(&mut self, bit: u8) -> bool {
+        let was = self.has(bit);
+        self.set(bit, false);
+        was
+    }
 }
 
 /// The payload of a message, and of a control frame, received in pieces
@@ -188,6 +219,14 @@ struct Pieces {
 }
 
 impl FrameDecoder {
+    /// A decoder for a connection that negotiated compression (`deflate`)
+    /// or not.
+    pub fn new(deflate: bool) -> FrameDecoder {
+        let mut decoder = FrameDecoder::default();
+        decoder.marks.set(Marks::DEFLATE, deflate);
+        decoder
+    }
+
     fn pieces(&mut self) -> &mut Pieces {
         self.pieces.get_or_insert_with(Box::default)
     }
@@ -195,7 +234,7 @@ impl FrameDecoder {
     /// Decodes `input` (unmasking payload in place) until one event is
     /// complete or the input is used up.
     pub fn decode<'a>(&'a mut self, input: &'a mut [u8], max_message: usize) -> Result<Decoded<'a>, ProtocolError> {
-        if self.release_control || self.release_message {
+        if self.marks.has(Marks::RELEASE_CONTROL | Marks::RELEASE_MESSAGE) {
             self.release();
         }
         let mut pos = 0;
@@ -225,7 +264,7 @@ impl FrameDecoder {
 
             match kind {
                 FrameKind::Data => {
-                    if self.message == Some(MessageKind::Text) {
+                    if self.message == Some(MessageKind::Text) && !self.marks.has(Marks::COMPRESSED) {
                         self.utf8.feed(chunk).map_err(|_| ProtocolError::INVALID_UTF8)?;
                     }
                     let whole_message_here =
@@ -239,14 +278,16 @@ impl FrameDecoder {
                         }
                         continue;
                     }
-                    let kind = self.finish_message()?;
+                    let (kind, compressed) = self.finish_message()?;
                     let payload: &'a [u8] = if whole_message_here {
                         &({ input })[start..pos]
                     } else {
-                        self.release_message = true;
+                        self.marks.set(Marks::RELEASE_MESSAGE, true);
                         self.pieces.as_ref().map_or(&[][..], |p| &p.message)
                     };
-                    return Ok(Decoded { consumed: pos, event: Some(Event::Message(kind, payload)) });
+                    let event =
+                        if compressed { Event::Compressed(kind, payload) } else { Event::Message(kind, payload) };
+                    return Ok(Decoded { consumed: pos, event: Some(event) });
                 }
                 FrameKind::Control(control) => {
                     if !whole_frame_here {
@@ -258,7 +299,7 @@ impl FrameDecoder {
                     let payload: &'a [u8] = if whole_frame_here {
                         &({ input })[start..pos]
                     } else {
-                        self.release_control = true;
+                        self.marks.set(Marks::RELEASE_CONTROL, true);
                         self.pieces.as_ref().map_or(&[][..], |p| &p.control)
                     };
                     let event = control_event(control, payload)?;
@@ -283,7 +324,7 @@ impl FrameDecoder {
     /// fragmented message; a larger one must not pin memory to an idle
     /// connection).
     fn release(&mut self) {
-        let (control, message) = (std::mem::take(&mut self.release_control), std::mem::take(&mut self.release_message));
+        let (control, message) = (self.marks.take(Marks::RELEASE_CONTROL), self.marks.take(Marks::RELEASE_MESSAGE));
         let Some(pieces) = self.pieces.as_mut() else { return };
         if control {
             pieces.control = Vec::new();
@@ -328,14 +369,25 @@ impl FrameDecoder {
     }
 
     /// The rules of §5.2, §5.4 and §5.5 that the first two header bytes
-    /// decide: no extensions so no RSV bits, known opcodes, masked, control
-    /// frames final and short, continuations only inside a message.
+    /// decide: RSV bits only for compression (RFC 7692 §6: RSV1 on the
+    /// first frame of a data message, when negotiated), known opcodes,
+    /// masked, control frames final and short, continuations only inside a
+    /// message.
     fn check_header_start(&self, first: u8, second: Option<u8>) -> Result<(), ProtocolError> {
-        if first & 0x70 != 0 {
+        if first & 0x30 != 0 {
             return Err(ProtocolError::protocol("RSV bit set without an extension"));
         }
+        let opcode = OpCode::from(first & 0x0f);
+        if first & 0x40 != 0 {
+            if !self.marks.has(Marks::DEFLATE) {
+                return Err(ProtocolError::protocol("RSV bit set without an extension"));
+            }
+            if !matches!(opcode, OpCode::Data(Data::Text | Data::Binary)) {
+                return Err(ProtocolError::protocol("RSV1 on a control frame or a continuation"));
+            }
+        }
         let fin = first & 0x80 != 0;
-        match OpCode::from(first & 0x0f) {
+        match opcode {
             OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
                 return Err(ProtocolError::protocol("reserved opcode"));
             }
@@ -371,7 +423,15 @@ impl FrameDecoder {
                     Data::Continue => self.message_len.saturating_add(len),
                     _ => len,
                 };
-                if message_len > max_message as u64 {
+                if !matches!(data, Data::Continue) {
+                    self.marks.set(Marks::COMPRESSED, header.rsv1);
+                }
+                // A compressed message is judged by its inflated size when it
+                // inflates; what it may take on the wire allows for deflate
+                // data that did not shrink (stored blocks: 5 bytes per 64 KiB).
+                let limit =
+                    if self.marks.has(Marks::COMPRESSED) { compressed_limit(max_message) } else { max_message as u64 };
+                if message_len > limit {
                     return Err(ProtocolError::TOO_BIG);
                 }
                 match data {
@@ -393,14 +453,23 @@ impl FrameDecoder {
         Ok(())
     }
 
-    fn finish_message(&mut self) -> Result<MessageKind, ProtocolError> {
+    /// The message's kind, and whether it came compressed.
+    fn finish_message(&mut self) -> Result<(MessageKind, bool), ProtocolError> {
         let kind = self.message.take().unwrap_or(MessageKind::Binary);
+        let compressed = self.marks.take(Marks::COMPRESSED);
         self.message_len = 0;
-        if kind == MessageKind::Text {
+        if kind == MessageKind::Text && !compressed {
             self.utf8.finish().map_err(|_| ProtocolError::INVALID_UTF8)?;
         }
-        Ok(kind)
+        Ok((kind, compressed))
     }
+}
+
+/// The most a compressed message of at most `max_message` inflated bytes
+/// may take on the wire.
+fn compressed_limit(max_message: usize) -> u64 {
+    let max = max_message as u64;
+    max.saturating_add(max / 1024).saturating_add(64)
 }
 
 fn control_event(control: Control, payload: &[u8]) -> Result<Event<'_>, ProtocolError> {
@@ -450,7 +519,18 @@ fn unmask(data: &mut [u8], mask: [u8; 4], offset: u64) {
 
 /// Builds one complete, unmasked server frame in a single allocation.
 pub fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
-    let header = FrameHeader { is_final: true, rsv1: false, rsv2: false, rsv3: false, opcode, mask: None };
+    encode_with(FrameHeader { is_final: true, rsv1: false, rsv2: false, rsv3: false, opcode, mask: None }, payload)
+}
+
+/// A data frame for a complete message compressed with permessage-deflate
+/// (RSV1 set; `deflated` without the sync flush's tail).
+#[cfg(feature = "deflate")]
+pub fn encode_compressed(kind: MessageKind, deflated: &[u8]) -> SharedFrame {
+    let opcode = kind.opcode();
+    encode_with(FrameHeader { is_final: true, rsv1: true, rsv2: false, rsv3: false, opcode, mask: None }, deflated)
+}
+
+fn encode_with(header: FrameHeader, payload: &[u8]) -> SharedFrame {
     let len = payload.len() as u64;
     let head_len = header.len(len);
     let mut frame: Rc<[u8]> = std::iter::repeat_n(0u8, head_len + payload.len()).collect();
@@ -467,9 +547,27 @@ pub fn encode_message(kind: MessageKind, payload: &[u8]) -> SharedFrame {
     encode(kind.opcode(), payload)
 }
 
-/// The kind and payload of a data frame [`encode`] made (final, unmasked):
-/// what is shared with other hubs, without keeping a second copy.
+/// The kind and payload of a data frame [`encode`] made (final, unmasked,
+/// not compressed): what is shared with other hubs and compressed for
+/// clients, without keeping a second copy.
 pub fn message_parts(frame: &[u8]) -> Option<(MessageKind, &[u8])> {
+    if frame.first()? & 0x40 != 0 {
+        return None;
+    }
+    frame_parts(frame)
+}
+
+/// The kind and still compressed payload of a frame
+/// [`encode_compressed`] made.
+#[cfg(any(test, feature = "testing"))]
+pub fn compressed_parts(frame: &[u8]) -> Option<(MessageKind, &[u8])> {
+    if frame.first()? & 0x40 == 0 {
+        return None;
+    }
+    frame_parts(frame)
+}
+
+fn frame_parts(frame: &[u8]) -> Option<(MessageKind, &[u8])> {
     let kind = match frame.first()? & 0x0F {
         0x1 => MessageKind::Text,
         0x2 => MessageKind::Binary,
@@ -542,6 +640,7 @@ mod tests {
     #[derive(Debug, PartialEq, Eq)]
     enum Owned {
         Message(MessageKind, Vec<u8>),
+        Compressed(MessageKind, Vec<u8>),
         Ping(Vec<u8>),
         Pong,
         Close(Option<u16>, String),
@@ -549,7 +648,10 @@ mod tests {
 
     /// Feeds `bytes` in the given pieces; returns the events or the error.
     fn run(pieces: &[&[u8]]) -> Result<Vec<Owned>, ProtocolError> {
-        let mut decoder = FrameDecoder::default();
+        run_with(FrameDecoder::default(), pieces)
+    }
+
+    fn run_with(mut decoder: FrameDecoder, pieces: &[&[u8]]) -> Result<Vec<Owned>, ProtocolError> {
         let mut events = Vec::new();
         for piece in pieces {
             let mut buf = piece.to_vec();
@@ -560,6 +662,7 @@ mod tests {
                 if let Some(ev) = d.event {
                     events.push(match ev {
                         Event::Message(k, p) => Owned::Message(k, p.to_vec()),
+                        Event::Compressed(k, p) => Owned::Compressed(k, p.to_vec()),
                         Event::Ping(p) => Owned::Ping(p.to_vec()),
                         Event::Pong => Owned::Pong,
                         Event::Close { code, reason } => Owned::Close(code, reason.to_string()),
@@ -580,6 +683,49 @@ mod tests {
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(run(&bytes), whole, "byte by byte");
         whole
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_only_where_rfc_7692_allows() {
+        let deflate = || FrameDecoder::new(true);
+        // Not negotiated: any RSV bit fails.
+        assert_eq!(run(&[&client_frame(0xC1, b"x")]).unwrap_err().code, CloseCode::Protocol);
+        // Negotiated: on the first frame of a text or binary message. The
+        // compressed bytes are not UTF-8-checked (they are not text yet),
+        // and fragments are reassembled.
+        let mut stream = client_frame(0x41, &[0xff, 0xfe]);
+        stream.extend(client_frame(0x80, &[0x00]));
+        stream.extend(client_frame(0xC2, &[1, 2, 3]));
+        stream.extend(client_frame(0x81, "plain".as_bytes()));
+        for i in 0..=stream.len() {
+            let events = run_with(deflate(), &[&stream[..i], &stream[i..]]).unwrap();
+            assert_eq!(
+                events,
+                [
+                    Owned::Compressed(MessageKind::Text, vec![0xff, 0xfe, 0x00]),
+                    Owned::Compressed(MessageKind::Binary, vec![1, 2, 3]),
+                    Owned::Message(MessageKind::Text, b"plain".to_vec()),
+                ],
+                "split at {i}"
+            );
+        }
+        // Never on a continuation or a control frame; RSV2 and RSV3 never.
+        let mut continuation = client_frame(0x01, b"a");
+        continuation.extend(client_frame(0xC0, b"b"));
+        for bad in [continuation, client_frame(0xC9, b""), client_frame(0xA1, b"x"), client_frame(0x91, b"x")] {
+            let err = run_with(deflate(), &[&bad]).unwrap_err();
+            assert_eq!(err.code, CloseCode::Protocol, "{bad:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_compressed_message_may_be_a_little_longer_than_the_limit_on_the_wire() {
+        let limit = compressed_limit(1000) as usize;
+        let mut decoder = FrameDecoder::new(true);
+        let mut ok = client_frame(0xC2, &vec![0; limit]);
+        assert!(matches!(decoder.decode(&mut ok, 1000).unwrap().event, Some(Event::Compressed(..))));
+        let mut over = client_frame(0xC2, &vec![0; limit + 1]);
+        assert_eq!(FrameDecoder::new(true).decode(&mut over, 1000).unwrap_err(), ProtocolError::TOO_BIG);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 
+use crate::deflate::{self, Negotiated};
 use crate::topic::{Topic, TopicError, topics_from_query};
 
 /// Largest request head we accept (contract: 8 KiB).
@@ -37,6 +38,9 @@ pub struct Upgrade {
     pub accept_key: String,
     pub topics: Vec<Topic>,
     pub credentials: Credentials,
+    /// The first `permessage-deflate` offer the hub can honour, if any
+    /// (taken unless `--no-compression`).
+    pub deflate: Option<Negotiated>,
 }
 
 /// Who a request says it comes from and what it presents.
@@ -287,7 +291,8 @@ fn upgrade(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgra
     let accept_key = tungstenite::handshake::derive_accept_key(key);
     let mut credentials = headers.credentials(host)?;
     credentials.query_token = query_param(query, "token")?.filter(|t| !t.is_empty()).map(str::to_string);
-    Ok(Upgrade { accept_key, topics, credentials })
+    let deflate = deflate::negotiate(headers.all("sec-websocket-extensions"));
+    Ok(Upgrade { accept_key, topics, credentials, deflate })
 }
 
 /// RFC 6455 §4.1: the key is 16 bytes, base64-encoded: 22 symbols and "==",
@@ -332,11 +337,15 @@ fn publish(headers: &Headers, topic: &str, host: String) -> Result<PublishHead, 
 }
 
 /// `101 Switching Protocols` for an accepted upgrade.
-pub fn upgrade_response(accept_key: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
-    )
-    .into_bytes()
+pub fn upgrade_response(accept_key: &str, deflate: Option<&Negotiated>) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n"
+    );
+    if let Some(deflate) = deflate {
+        let _ = write!(response, "Sec-WebSocket-Extensions: {}\r\n", deflate.response());
+    }
+    response.push_str("\r\n");
+    response.into_bytes()
 }
 
 /// The interim response that lets a client send a publish body.
@@ -592,7 +601,7 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(r.contains("Sec-WebSocket-Version: 13\r\n"));
         assert!(r.ends_with("\r\n\r\nv\n"));
-        let ok = String::from_utf8(upgrade_response("abc=")).unwrap();
+        let ok = String::from_utf8(upgrade_response("abc=", None)).unwrap();
         assert!(ok.contains("Sec-WebSocket-Accept: abc=\r\n"));
         let head = String::from_utf8(answer("text/plain", "ok\n", Body::HeadOnly, true)).unwrap();
         assert!(head.contains("Content-Length: 3\r\n") && head.ends_with("\r\n\r\n"), "HEAD: no body");

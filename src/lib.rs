@@ -25,6 +25,7 @@ mod auth;
 mod authority;
 mod config;
 mod connection;
+mod deflate;
 #[cfg(any(feature = "tls", feature = "jwt"))]
 mod der;
 mod frame;
@@ -70,7 +71,10 @@ pub mod testing {
     #[cfg(feature = "jwt")]
     pub use crate::auth::{Verifier, parse_json};
     pub use crate::connection::{Action, Connection, Context, Reason};
-    pub use crate::frame::{FrameDecoder, MessageKind, SharedFrame, encode_client, encode_message};
+    pub use crate::deflate::{Compressor, InflateError, Inflater};
+    pub use crate::frame::{
+        Event, FrameDecoder, MessageKind, SharedFrame, compressed_parts, encode_client, encode_message,
+    };
     pub use crate::http::{
         Request, head_complete as http_head_complete, parse_request, plausible_start as http_plausible_start,
     };

@@ -73,6 +73,31 @@ pub fn render(stats: &Stats, extras: &Extras) -> String {
     );
     out.gauge("wshub_held_bytes_limit", "The --max-buffered-bytes bound.", extras.buffered_bytes_limit);
     out.gauge("wshub_topics", "Topics with at least one subscriber.", stats.topics);
+    out.gauge(
+        "wshub_compression_clients",
+        "Open clients that negotiated permessage-deflate.",
+        stats.compression_clients,
+    );
+    out.counter(
+        "wshub_compressed_messages_total",
+        "Messages compressed, once each however many receivers got them compressed.",
+        stats.compressed_messages,
+    );
+    out.counter(
+        "wshub_compressed_deliveries_total",
+        "Deliveries of a compressed frame (also counted in wshub_deliveries_total).",
+        stats.compressed_deliveries,
+    );
+    out.counter(
+        "wshub_inflated_messages_total",
+        "Compressed messages received from clients and inflated.",
+        stats.inflated_messages,
+    );
+    out.gauge(
+        "wshub_compression_memory_bytes",
+        "Heap bytes of the hub's one compressor and one inflater (made on first use).",
+        stats.compression_memory_bytes,
+    );
     out.counter(
         "wshub_log_lines_dropped_total",
         "Log lines dropped because stderr was not writable.",

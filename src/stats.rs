@@ -47,6 +47,17 @@ pub struct Stats {
     /// alive (once each, however many queues share them) and unfinished
     /// input (gauge).
     pub held_bytes: u64,
+    /// Open clients that negotiated permessage-deflate (gauge).
+    pub compression_clients: u64,
+    /// Messages compressed: once per message however many receivers got
+    /// it compressed (counter).
+    pub compressed_messages: u64,
+    /// Deliveries of a compressed frame (counter; also in `deliveries`).
+    pub compressed_deliveries: u64,
+    /// Compressed messages received from clients and inflated (counter).
+    pub inflated_messages: u64,
+    /// Heap bytes of the shared compressor and inflater (gauge).
+    pub compression_memory_bytes: u64,
     /// With `--redis`: the bridge's figures.
     pub redis: Option<crate::redis::RedisStats>,
 }

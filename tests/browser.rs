@@ -144,3 +144,58 @@ fn answer(mut stream: TcpStream, html: &str, reports: &Sender<String>) -> bool {
     );
     true
 }
+
+/// The compression page: reports the negotiated extensions, sends one
+/// message (Chromium compresses it), and reports each message it gets.
+fn compression_page(hub: SocketAddr, outgoing: &str) -> String {
+    format!(
+        r#"<!doctype html><meta charset="utf-8"><title>wshub compression test</title>
+<script>
+function report(what) {{ fetch("/report?" + encodeURIComponent(what)); }}
+const ws = new WebSocket("ws://{hub}/ws?topic=telemetry");
+ws.onopen = () => {{ report("open:" + ws.extensions); ws.send({outgoing:?}); }};
+ws.onmessage = (e) => report("message:" + e.data);
+ws.onclose = (e) => report("close:" + e.code);
+</script>"#
+    )
+}
+
+#[test]
+fn a_page_negotiates_compression_and_both_directions_arrive_intact() {
+    if !chromium::available() {
+        return;
+    }
+    let (tx, reports) = channel();
+    let html = Html::default();
+    let origin = serve_page(html.clone(), tx);
+    let policy = OriginPolicy::parse(&format!("http://{origin}")).unwrap();
+    let hub = Hub::start(Config { allowed_origins: policy, ..Config::default() });
+    let telemetry = |seq: u32| {
+        let readings: Vec<String> = (0..24)
+            .map(|i| format!(r#"{{"sensor":"temp-{i}","value":{}.{},"unit":"C"}}"#, 20 + seq % 7, i % 10))
+            .collect();
+        format!(r#"{{"gateway":"edge-3","seq":{seq},"readings":[{}]}}"#, readings.join(","))
+    };
+    let from_page = telemetry(0);
+    *html.lock().unwrap() = compression_page(hub.addr, &from_page);
+    let mut listener = RawWs::connect(hub.addr, "/ws?topic=telemetry");
+
+    let _browser = Browser::open(&format!("http://{origin}/"), "compression", false);
+    let open = next_report(&reports);
+    assert!(open.starts_with("open:permessage-deflate"), "{open}");
+    assert!(open.contains("server_no_context_takeover") && open.contains("client_no_context_takeover"), "{open}");
+    // What the page sent, compressed by Chromium, reaches a plain client exactly.
+    let frame = listener.read_frame();
+    assert!(!frame.rsv1);
+    assert_eq!(String::from_utf8(frame.payload).unwrap(), from_page);
+    assert_eq!(next_report(&reports), format!("message:{from_page}"), "its own message, back compressed");
+    for seq in 1..=3 {
+        let message = telemetry(seq);
+        hub.publisher.publish("telemetry", message.as_str()).unwrap();
+        assert_eq!(next_report(&reports), format!("message:{message}"));
+    }
+    wait_until("the page's deliveries were compressed", || {
+        let stats = hub.publisher.stats();
+        stats.compressed_deliveries >= 4 && stats.inflated_messages >= 1
+    });
+}

@@ -79,8 +79,8 @@ fn fragmented_message_is_reassembled_around_a_ping() {
     raw.send_frame(0x89, b"mid");
     raw.send_frame(0x00, b"men");
     raw.send_frame(0x80, b"ted");
-    assert_eq!(raw.read_frame(), RawFrame { fin: true, opcode: 0xA, payload: b"mid".to_vec() });
-    assert_eq!(raw.read_frame(), RawFrame { fin: true, opcode: 0x1, payload: b"fragmented".to_vec() });
+    assert_eq!(raw.read_frame(), RawFrame { fin: true, rsv1: false, opcode: 0xA, payload: b"mid".to_vec() });
+    assert_eq!(raw.read_frame(), RawFrame { fin: true, rsv1: false, opcode: 0x1, payload: b"fragmented".to_vec() });
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn ping_gets_pong() {
     let hub = Hub::default();
     let mut raw = RawWs::connect(hub.addr, "/ws");
     raw.send_frame(0x89, b"are you there");
-    assert_eq!(raw.read_frame(), RawFrame { fin: true, opcode: 0xA, payload: b"are you there".to_vec() });
+    assert_eq!(raw.read_frame(), RawFrame { fin: true, rsv1: false, opcode: 0xA, payload: b"are you there".to_vec() });
 }
 
 #[test]

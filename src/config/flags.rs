@@ -210,6 +210,22 @@ pub const FLAGS: &[Flag] = &[
             Ok(())
         },
     ),
+    switch("no-compression", "do not accept permessage-deflate (compression) offers", |c, on| {
+        c.compression = !on;
+    }),
+    flag(
+        "compression-min-size",
+        "BYTES",
+        "128",
+        "messages shorter than this are sent uncompressed even to clients that negotiated compression",
+        |c, v| {
+            if !cfg!(feature = "deflate") {
+                return Err("this wshub was built without the `deflate` feature".into());
+            }
+            c.compression_min_size = whole(v)?;
+            Ok(())
+        },
+    ),
     flag("handshake-timeout", "SECS", "10", "close a connection whose request is not complete by then", |c, v| {
         c.handshake_timeout = seconds(v)?;
         Ok(())

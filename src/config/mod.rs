@@ -39,6 +39,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub no_echo: bool,
+    /// Accept `permessage-deflate` offers (`--no-compression`: never);
+    /// only with the `deflate` feature.
+    pub compression: bool,
+    /// Messages shorter than this go uncompressed to every client.
+    pub compression_min_size: usize,
     /// `--publish-token`: never shown by `Debug` or in errors.
     pub publish_token: Option<Secret>,
     /// Which pages may open `/ws` or publish from a browser (`Origin`).
@@ -119,6 +124,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(5),
             no_echo: false,
+            compression: true,
+            compression_min_size: 128,
             publish_token: None,
             allowed_origins: OriginPolicy::default(),
             allowed_hosts: Vec::new(),

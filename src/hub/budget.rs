@@ -68,6 +68,8 @@ impl<T: Transport> Hub<T> {
             + self.budget.clients
             + self.bridge.as_ref().map_or(0, Bridge::buffered_bytes)
             + self.inbox.as_ref().map_or(0, |held| held.load(Ordering::Relaxed))
+            + self.compressor.held_bytes()
+            + self.inflater.held_bytes()
     }
 
     /// Over `--max-buffered-bytes`: drops the clients holding the most (a
@@ -94,8 +96,8 @@ impl<T: Transport> Hub<T> {
             if bytes == 0 {
                 return;
             }
-            let Hub { clients, config, admission, .. } = self;
-            let ctx = Context { config, now, admission };
+            let Hub { clients, config, admission, inflater, .. } = self;
+            let ctx = Context { config, now, admission, inflater };
             let action = clients[id].conn.overloaded(&ctx);
             self.apply(id, action, now);
         }

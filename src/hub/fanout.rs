@@ -2,13 +2,16 @@
 //! `Publisher` publish, a message heard from Redis. One shared frame per
 //! message, a pointer copy per receiver; the writes wait for the end of the
 //! turn or for `--write-delay` (`writing`), except for a queue at half its
-//! bound.
+//! bound. With permessage-deflate, the first receiver that negotiated it
+//! has the message compressed, once, into a second shared frame that every
+//! such receiver gets ([`Deflated`]).
 
 use slab::Slab;
 
 use super::writing::{Writes, write_client};
 use super::{Client, Hub};
 use crate::connection::{Action, Context, Reason};
+use crate::deflate::Compressor;
 use crate::frame::{self, SharedFrame};
 use crate::redis::Bridge;
 #[cfg(feature = "redis")]
@@ -93,11 +96,13 @@ impl<T: Transport> Hub<T> {
     fn fanout(&mut self, now: Millis) -> (&mut Subscriptions, Fanout<'_, T>) {
         let fanout = Fanout {
             clients: &mut self.clients,
+            compressor: &mut self.compressor,
+            deflated: Deflated::Untried,
             writes: &mut self.writes,
             deferred: &mut self.deferred,
             cork: &mut self.cork,
             stats: &mut self.stats,
-            ctx: Context { config: &self.config, now, admission: &self.admission },
+            ctx: Context { config: &self.config, now, admission: &self.admission, inflater: &self.inflater },
         };
         (&mut self.subscriptions, fanout)
     }
@@ -116,6 +121,9 @@ fn share<'t>(bridge: &mut Bridge, topics: impl Iterator<Item = &'t Topic> + Clon
 /// What a broadcast needs of the hub while the subscriptions are walked.
 struct Fanout<'a, T> {
     clients: &'a mut Slab<Client<T>>,
+    compressor: &'a mut Compressor,
+    /// This message compressed, once a receiver asked for it.
+    deflated: Deflated,
     writes: &'a mut Writes,
     /// Actions of clients that overflowed, applied after the walk.
     deferred: &'a mut Vec<(ClientId, Action)>,
@@ -131,6 +139,12 @@ impl<T: Transport> Fanout<'_, T> {
         if !client.conn.is_open() {
             return;
         }
+        let window = client.flags.deflate_window();
+        let frame = if window == 0 {
+            frame
+        } else {
+            self.deflated.pick(frame, window, self.compressor, self.ctx.config.compression_min_size, self.stats)
+        };
         match client.conn.enqueue(SharedFrame::clone(frame), &self.ctx) {
             Ok(()) => self.stats.deliveries += 1,
             Err(action) => self.deferred.push((id, action)),
@@ -150,5 +164,55 @@ impl<T: Transport> Fanout<'_, T> {
             self.deferred.push((id, Action::Drop(Reason::failed(&e))));
         }
         client.mark_dirty(id, self.writes, self.ctx.now);
+    }
+}
+
+/// A message's compressed frame, made for the first receiver that
+/// negotiated compression and shared by all of them.
+enum Deflated {
+    Untried,
+    /// Too short (`--compression-min-size`), or it did not shrink: every
+    /// receiver gets the plain frame.
+    Plain,
+    /// The compressed frame, and the plain payload's length.
+    Frame(SharedFrame, usize),
+}
+
+impl Deflated {
+    /// The frame for a receiver whose window is `window` bits: the
+    /// compressed one if there is one and its window can take it (a
+    /// message compressed on its own refers at most its own length back),
+    /// else the plain one.
+    #[inline]
+    fn pick<'f>(
+        &'f mut self,
+        plain: &'f SharedFrame,
+        window: u8,
+        compressor: &mut Compressor,
+        min_size: usize,
+        stats: &mut Stats,
+    ) -> &'f SharedFrame {
+        if let Deflated::Untried = self {
+            *self = Deflated::make(plain, compressor, min_size, stats);
+        }
+        match self {
+            Deflated::Frame(compressed, len) if window >= 15 || *len <= 1 << window => {
+                stats.compressed_deliveries += 1;
+                compressed
+            }
+            _ => plain,
+        }
+    }
+
+    #[inline(never)]
+    fn make(plain: &SharedFrame, compressor: &mut Compressor, min_size: usize, stats: &mut Stats) -> Deflated {
+        let Some((kind, payload)) = frame::message_parts(plain) else { return Deflated::Plain };
+        match compressor.compress(kind, payload, min_size) {
+            Some(compressed) => {
+                stats.compressed_messages += 1;
+                Deflated::Frame(compressed, payload.len())
+            }
+            None => Deflated::Plain,
+        }
     }
 }

@@ -43,6 +43,7 @@ use crate::admission::Admission;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::{Action, Connection, Context, Reason};
+use crate::deflate::{Compressor, Inflater};
 use crate::metrics::{self, Extras};
 use crate::process::ProcessMetrics;
 use crate::reason::LogLimiter;
@@ -83,6 +84,30 @@ impl Flags {
     /// Listed in `Writes::delayed` (`--write-delay`): its write is due at
     /// the listed time, or earlier if something cannot wait.
     const DELAYED: u16 = 1 << 8;
+    /// Bits 9 to 12: the client negotiated compression, with this
+    /// `server_max_window_bits` less 7 (1 to 8); 0: it did not.
+    const DEFLATE_SHIFT: u16 = 9;
+    const DEFLATE_MASK: u16 = 0xf << Flags::DEFLATE_SHIFT;
+
+    /// The client's compression window bits (8 to 15), or 0 without
+    /// compression. Always 0 without the `deflate` feature, so the fan-out
+    /// loop's test for it compiles away.
+    #[inline]
+    fn deflate_window(self) -> u8 {
+        if cfg!(feature = "deflate") {
+            match (self.0 & Flags::DEFLATE_MASK) >> Flags::DEFLATE_SHIFT {
+                0 => 0,
+                bits => bits as u8 + 7,
+            }
+        } else {
+            0
+        }
+    }
+
+    fn set_deflate_window(&mut self, bits: u8) {
+        let field = if bits == 0 { 0 } else { u16::from(bits.clamp(8, 15) - 7) << Flags::DEFLATE_SHIFT };
+        self.0 = (self.0 & !Flags::DEFLATE_MASK) | field;
+    }
 
     fn has(self, bit: u16) -> bool {
         self.0 & bit != 0
@@ -171,6 +196,11 @@ pub struct Hub<T> {
     bridge: Option<Bridge>,
     /// Bytes waiting in the `Publisher` inbox, for the budget.
     inbox: Option<Arc<AtomicUsize>>,
+    /// permessage-deflate: compresses each broadcast at most once, for
+    /// every client that negotiated it.
+    compressor: Compressor,
+    /// Inflates every client's compressed messages.
+    inflater: Inflater,
 }
 
 impl<T: Transport> Hub<T> {
@@ -195,6 +225,8 @@ impl<T: Transport> Hub<T> {
             base_fds: 0,
             bridge: None,
             inbox: None,
+            compressor: Compressor::default(),
+            inflater: Inflater::default(),
         }
     }
 
@@ -331,8 +363,8 @@ impl<T: Transport> Hub<T> {
             return;
         }
         self.shutdown_deadline = Some(now.saturating_add(crate::time::millis(self.config.shutdown_timeout)));
-        let Hub { clients, config, admission, deferred, .. } = self;
-        let ctx = Context { config, now, admission };
+        let Hub { clients, config, admission, deferred, inflater, .. } = self;
+        let ctx = Context { config, now, admission, inflater };
         for (id, client) in clients.iter_mut() {
             match client.conn.shut_down(&ctx) {
                 Action::Nothing => {}
@@ -375,6 +407,8 @@ impl<T: Transport> Hub<T> {
         stats.queued_bytes = self.timers.queued_bytes;
         stats.topics = self.subscriptions.topic_count() as u64;
         stats.held_bytes = self.held_bytes() as u64;
+        stats.inflated_messages = self.inflater.inflated();
+        stats.compression_memory_bytes = (self.compressor.held_bytes() + self.inflater.held_bytes()) as u64;
         stats.redis = self.bridge.as_ref().map(Bridge::stats);
         stats
     }
@@ -382,9 +416,13 @@ impl<T: Transport> Hub<T> {
     fn apply(&mut self, id: ClientId, action: Action, now: Millis) {
         match action {
             Action::Nothing => {}
-            Action::Subscribe(topics, publish_mask) => {
+            Action::Subscribe(topics, publish_mask, deflate_window) => {
                 if let Some(client) = self.clients.get_mut(id) {
                     client.flags.set(Flags::SUBSCRIBED, true);
+                    client.flags.set_deflate_window(deflate_window);
+                    if deflate_window != 0 {
+                        self.stats.compression_clients += 1;
+                    }
                     self.admission.joined();
                     self.stats.upgrades += 1;
                     let bridge = &mut self.bridge;
@@ -454,6 +492,9 @@ impl<T: Transport> Hub<T> {
         let peer = client.conn.peer();
         if client.flags.replace(Flags::SUBSCRIBED, false) {
             self.admission.left();
+            if client.flags.deflate_window() != 0 {
+                self.stats.compression_clients -= 1;
+            }
             let bridge = &mut self.bridge;
             self.subscriptions.unsubscribe(id, |topic| {
                 if let Some(bridge) = bridge {

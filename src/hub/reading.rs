@@ -149,11 +149,11 @@ impl<T: Transport> Hub<T> {
     fn process(&mut self, id: ClientId, input: &mut [u8], now: Millis) -> usize {
         let mut pos = 0;
         while pos < input.len() {
-            let Hub { clients, config, admission, .. } = self;
+            let Hub { clients, config, admission, inflater, .. } = self;
             let Some(client) = clients.get_mut(id) else {
                 return input.len();
             };
-            let ctx = Context { config, now, admission };
+            let ctx = Context { config, now, admission, inflater };
             let (used, action) = client.conn.receive(&mut input[pos..], &ctx);
             pos += used;
             let message = matches!(action, Action::Broadcast(_));

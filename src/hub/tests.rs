@@ -450,3 +450,15 @@ fn the_publisher_inbox_counts_in_the_budget() {
     inbox.store(30_000, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(hub.held_bytes(), before + 30_000);
 }
+
+/// What an idle connection costs the hub, besides its socket and kernel
+/// buffers: its slab entry (connection state and marks included). The
+/// permessage-deflate choice is four bits of the marks, so negotiating
+/// compression adds nothing here.
+#[test]
+fn an_idle_client_is_small() {
+    let client = std::mem::size_of::<super::Client<MemoryTransport>>();
+    let connection = std::mem::size_of::<crate::connection::Connection>();
+    eprintln!("Client<MemoryTransport> {client} B, Connection {connection} B");
+    assert!(connection <= 232, "Connection grew to {connection} bytes");
+}

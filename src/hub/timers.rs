@@ -94,13 +94,13 @@ impl<T: Transport> Hub<T> {
                 break;
             }
             self.timers.heap.pop();
-            let Hub { clients, config, admission, writes, .. } = self;
+            let Hub { clients, config, admission, writes, inflater, .. } = self;
             let Some(client) = clients.get_mut(id) else { continue };
             if client.timer != due {
                 continue; // filed again, earlier or later, since
             }
             client.timer = NEVER;
-            let action = client.conn.tick(&Context { config, now, admission });
+            let action = client.conn.tick(&Context { config, now, admission, inflater });
             client.mark_dirty(id, writes, now);
             if !matches!(action, Action::Nothing) {
                 self.apply(id, action, now);

@@ -135,6 +135,8 @@ pub fn status_of(response: &str) -> u16 {
 #[derive(Debug, PartialEq, Eq)]
 pub struct RawFrame {
     pub fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -157,8 +159,13 @@ pub struct RawWs {
 pub const UPGRADE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 pub fn upgrade_request(path: &str) -> String {
+    upgrade_request_with(path, "")
+}
+
+/// An upgrade request with more header lines (each ending in CRLF).
+pub fn upgrade_request_with(path: &str, headers: &str) -> String {
     format!(
-        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {UPGRADE_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {UPGRADE_KEY}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
     )
 }
 
@@ -177,13 +184,23 @@ impl RawWs {
         RawWs::upgrade(socket.into(), path)
     }
 
-    pub fn upgrade(mut stream: TcpStream, path: &str) -> RawWs {
+    pub fn upgrade(stream: TcpStream, path: &str) -> RawWs {
+        RawWs::upgrade_with(stream, path, "").0
+    }
+
+    /// Connects with more request header lines; the client and the 101
+    /// response's head.
+    pub fn connect_with(addr: SocketAddr, path: &str, headers: &str) -> (RawWs, String) {
+        RawWs::upgrade_with(TcpStream::connect(addr).unwrap(), path, headers)
+    }
+
+    pub fn upgrade_with(mut stream: TcpStream, path: &str, headers: &str) -> (RawWs, String) {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        stream.write_all(upgrade_request(path).as_bytes()).unwrap();
+        stream.write_all(upgrade_request_with(path, headers).as_bytes()).unwrap();
         let mut ws = RawWs { stream, buf: Vec::new(), reads: 0 };
         let head = ws.read_until_head();
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        ws
+        (ws, head)
     }
 
     fn read_until_head(&mut self) -> String {
@@ -316,7 +333,9 @@ fn parse_server_frame(buf: &[u8]) -> Option<(RawFrame, usize)> {
     if buf.len() < head + len {
         return None;
     }
-    let frame = RawFrame { fin: buf[0] & 0x80 != 0, opcode: buf[0] & 0x0f, payload: buf[head..head + len].to_vec() };
+    assert_eq!(buf[0] & 0x30, 0, "RSV2 and RSV3 are never set");
+    let (fin, rsv1, opcode) = (buf[0] & 0x80 != 0, buf[0] & 0x40 != 0, buf[0] & 0x0f);
+    let frame = RawFrame { fin, rsv1, opcode, payload: buf[head..head + len].to_vec() };
     Some((frame, head + len))
 }
 
