@@ -219,9 +219,6 @@ pub const FLAGS: &[Flag] = &[
         "128",
         "messages shorter than this are sent uncompressed even to clients that negotiated compression",
         |c, v| {
-            if !cfg!(feature = "deflate") {
-                return Err("this wshub was built without the `deflate` feature".into());
-            }
             c.compression_min_size = whole(v)?;
             Ok(())
         },

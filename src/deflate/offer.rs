@@ -53,7 +53,7 @@ struct Element<'v> {
 }
 
 /// A parameter's value: a token, or the inside of a quoted string (with
-/// its escapes still in, see [`Value::is`]).
+/// its escapes still in, see [`Value::unescaped`]).
 #[derive(Clone, Copy)]
 struct Value<'v> {
     raw: &'v [u8],
