@@ -11,8 +11,10 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use super::InflateError;
 use crate::frame::{self, MessageKind, SharedFrame};
 
-/// Compression level: 6 (zlib's default) gives JSON telemetry its ratio;
-/// higher levels gain under 1% for 20% more time (benches/micro.rs).
+/// Compression level: zlib's default. On 1 KiB JSON telemetry, zlib-rs at
+/// levels 2 to 6 all take about 20 us and leave 30-31% of the bytes; level
+/// 1 takes a third of the time but leaves 37%. Once per broadcast, the
+/// bytes matter more than the microseconds.
 const LEVEL: u32 = 6;
 
 /// §7.2.1: what a sync flush ends with, removed before sending and put

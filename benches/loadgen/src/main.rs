@@ -10,11 +10,17 @@
 //!   loadgen --addr 127.0.0.1:8080 --pid PID --clients N
 //!           [--size BYTES] [--mode closed|rate|idle|sink] [--window W] [--rate MSGS_PER_S]
 //!           [--warmup SECS] [--duration SECS] [--sources K] [--path /ws?token=...]
-//!           [--tls-ca PEM] [--publish-addr ADDR]
+//!           [--tls-ca PEM] [--publish-addr ADDR] [--payload binary|json] [--deflate]
 //!
 //! `--tls-ca`: connect over TLS (rustls, ring), trusting that certificate,
 //! as server name `localhost`. `--publish-addr`: client 0 (the publisher)
 //! connects there instead, e.g. to another hub sharing topics through Redis.
+//! `--payload json`: text messages of JSON telemetry (a gateway's sensor
+//! readings, different in every message) instead of zero-padded binary.
+//! `--deflate`: every client offers permessage-deflate (the hub must accept)
+//! and inflates every compressed delivery (no context takeover, one
+//! inflater reset per message, like the hub), so content is checked and
+//! the cost is real; `wire_bytes_per_delivery` is what crossed the socket.
 //!
 //! closed: at most W messages in flight (a message is done when all N clients
 //! have it). rate: a fixed number of messages per second. idle: connect, wait,
@@ -52,6 +58,10 @@ struct Options {
     tls_ca: Option<String>,
     /// Where client 0, the publisher, connects (default: `addr`).
     publish_addr: Option<SocketAddr>,
+    /// Text messages of JSON telemetry instead of binary padding.
+    json: bool,
+    /// Negotiate permessage-deflate and inflate what arrives compressed.
+    deflate: bool,
 }
 
 fn parse_options() -> Options {
@@ -69,9 +79,15 @@ fn parse_options() -> Options {
         path: "/ws".into(),
         tls_ca: None,
         publish_addr: None,
+        json: false,
+        deflate: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--deflate" {
+            o.deflate = true;
+            continue;
+        }
         let value = args.next().unwrap_or_else(|| fail(&format!("{arg} needs a value")));
         match arg.as_str() {
             "--addr" => o.addr = parsed(&arg, &value),
@@ -87,11 +103,19 @@ fn parse_options() -> Options {
             "--path" => o.path = value,
             "--tls-ca" => o.tls_ca = Some(value),
             "--publish-addr" => o.publish_addr = Some(parsed(&arg, &value)),
+            "--payload" => match value.as_str() {
+                "json" => o.json = true,
+                "binary" => o.json = false,
+                _ => fail("--payload is binary or json"),
+            },
             _ => fail(&format!("unknown argument {arg}")),
         }
     }
     if o.size < 16 {
         fail("--size must be at least 16 (sequence number and timestamp)");
+    }
+    if o.json && o.size < JSON_HEAD + 2 {
+        fail("--payload json needs --size of at least 55");
     }
     o
 }
@@ -211,6 +235,9 @@ struct Conn {
 struct Tally {
     deliveries: u64,
     bytes: u64,
+    /// Bytes read from the sockets while recording (frame headers and
+    /// compressed payloads as they crossed the wire).
+    wire_bytes: u64,
     lost: u64,
     reordered: u64,
     closed: u64,
@@ -251,16 +278,92 @@ fn connect(addr: SocketAddr, source: u8) -> io::Result<TcpStream> {
     Ok(TcpStream::from_std(socket.into()))
 }
 
-fn upgrade_request(addr: SocketAddr, path: &str) -> Vec<u8> {
+fn upgrade_request(addr: SocketAddr, path: &str, deflate: bool) -> Vec<u8> {
+    let offer = if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" } else { "" };
     format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     )
     .into_bytes()
 }
 
-/// A masked binary frame: sequence number, send time (ns), padding.
-fn message_frame(seq: u64, sent_ns: u64, size: usize, out: &mut Vec<u8>) {
-    out.push(0x82);
+/// `{"seq":` then 20 digits, `,"ts":` then 20 digits, `,`: where a JSON
+/// message keeps its sequence number and send time.
+const JSON_HEAD: usize = 53;
+
+/// A JSON telemetry message of exactly `size` bytes: the sequence number and
+/// send time, then a gateway's readings (sensor names, values, units and
+/// times that change from message to message), padded with spaces.
+fn json_payload(seq: u64, sent_ns: u64, size: usize, out: &mut Vec<u8>) {
+    use std::fmt::Write as _;
+    const SENSORS: [(&str, &str); 6] =
+        [("temperature", "C"), ("humidity", "%"), ("pressure", "hPa"), ("voltage", "V"), ("current", "A"), ("rssi", "dBm")];
+    let mut text = format!("{{\"seq\":{seq:020},\"ts\":{sent_ns:020},\"gateway\":\"edge-gw-{:04}\",\"readings\":[", seq % 64);
+    let mut x = seq.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+    let mut reading = String::new();
+    loop {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let r = x >> 33;
+        let (sensor, unit) = SENSORS[(r % 6) as usize];
+        reading.clear();
+        let _ = write!(
+            reading,
+            "{{\"sensor\":\"{sensor}-{}\",\"value\":{}.{},\"unit\":\"{unit}\",\"status\":\"{}\",\"at\":{}}},",
+            r % 8,
+            (r >> 3) % 100,
+            (r >> 10) % 100,
+            if (r >> 17) % 10 == 0 { "warn" } else { "ok" },
+            1_764_668_400_000 + seq * 250 - (r >> 20) % 1000
+        );
+        if text.len() + reading.len() + 2 > size {
+            break;
+        }
+        text.push_str(&reading);
+    }
+    if text.ends_with(',') {
+        text.pop();
+    }
+    while text.len() + 2 < size {
+        text.push(' ');
+    }
+    text.push_str("]}");
+    out.extend_from_slice(&text.as_bytes()[..size]);
+}
+
+/// The sequence number and send time a message carries.
+fn stamps(payload: &[u8], json: bool) -> (u64, u64) {
+    if json {
+        let digits = |range: std::ops::Range<usize>| {
+            std::str::from_utf8(&payload[range]).ok().and_then(|d| d.parse().ok()).unwrap_or(u64::MAX)
+        };
+        return (digits(7..27), digits(33..53));
+    }
+    (u64::from_le_bytes(payload[..8].try_into().unwrap()), u64::from_le_bytes(payload[8..16].try_into().unwrap()))
+}
+
+/// Inflates a compressed message (RFC 7692: append the sync flush's tail).
+fn inflate(inflater: &mut flate2::Decompress, payload: &[u8], out: &mut Vec<u8>) {
+    inflater.reset(false);
+    out.clear();
+    let mut input = [payload, &[0, 0, 0xff, 0xff][..]].concat();
+    let mut offset = 0;
+    loop {
+        out.reserve(4096.max(payload.len() * 4));
+        let before = inflater.total_in();
+        inflater
+            .decompress_vec(&input[offset..], out, flate2::FlushDecompress::Sync)
+            .unwrap_or_else(|e| fail(&format!("inflate: {e}")));
+        offset += (inflater.total_in() - before) as usize;
+        if offset >= input.len() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    input.clear();
+}
+
+/// A masked data frame: sequence number, send time (ns), padding (binary),
+/// or a JSON telemetry message (text).
+fn message_frame(seq: u64, sent_ns: u64, size: usize, json: bool, out: &mut Vec<u8>) {
+    out.push(if json { 0x81 } else { 0x82 });
     if size < 126 {
         out.push(0x80 | size as u8);
     } else if size <= 0xffff {
@@ -272,17 +375,21 @@ fn message_frame(seq: u64, sent_ns: u64, size: usize, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&MASK);
     let start = out.len();
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&sent_ns.to_le_bytes());
-    out.resize(start + size, 0);
+    if json {
+        json_payload(seq, sent_ns, size, out);
+    } else {
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(&sent_ns.to_le_bytes());
+        out.resize(start + size, 0);
+    }
     for (i, b) in out[start..].iter_mut().enumerate() {
         *b ^= MASK[i % 4];
     }
 }
 
 /// Parses complete server frames from `buf`; calls `on_message` with each
-/// data payload. Returns the bytes used.
-fn parse_frames(buf: &[u8], mut on_message: impl FnMut(&[u8])) -> usize {
+/// data payload and whether it is compressed (RSV1). Returns the bytes used.
+fn parse_frames(buf: &[u8], mut on_message: impl FnMut(&[u8], bool)) -> usize {
     let mut pos = 0;
     loop {
         let b = &buf[pos..];
@@ -300,7 +407,7 @@ fn parse_frames(buf: &[u8], mut on_message: impl FnMut(&[u8])) -> usize {
         }
         let opcode = b[0] & 0x0f;
         if opcode == 1 || opcode == 2 {
-            on_message(&b[head..head + len]);
+            on_message(&b[head..head + len], b[0] & 0x40 != 0);
         }
         pos += head + len;
     }
@@ -313,7 +420,7 @@ fn main() {
     let mut events = Events::with_capacity(4096);
     let mut conns: Vec<Conn> = Vec::with_capacity(o.clients);
     let rss_before = rss_kib(o.pid);
-    let request = upgrade_request(o.addr, &o.path);
+    let request = upgrade_request(o.addr, &o.path, o.deflate);
     let tls = o.tls_ca.as_deref().map(tls_config);
     let clock = Instant::now();
     let now_ns = || clock.elapsed().as_nanos() as u64;
@@ -366,6 +473,9 @@ fn main() {
                 if let Some(end) = c.pending.windows(4).position(|w| w == b"\r\n\r\n") {
                     if !c.pending.starts_with(b"HTTP/1.1 101") {
                         fail(&format!("upgrade refused: {}", String::from_utf8_lossy(&c.pending[..end])));
+                    }
+                    if o.deflate && !String::from_utf8_lossy(&c.pending[..end]).contains("permessage-deflate") {
+                        fail("the server did not accept permessage-deflate");
                     }
                     c.pending.drain(..end + 4);
                     c.state = State::Open;
@@ -431,6 +541,8 @@ fn main() {
     let rate_interval = Duration::from_secs_f64(1.0 / o.rate.max(1e-3));
     let mut next_send = start;
     let closed_loop = o.mode == "closed";
+    let mut inflater = flate2::Decompress::new(false);
+    let mut inflated = Vec::new();
 
     loop {
         let now = Instant::now();
@@ -447,13 +559,13 @@ fn main() {
         let publisher = &mut conns[0];
         if closed_loop {
             while in_flight < window {
-                message_frame(next_seq, now_ns(), o.size, &mut publisher.out);
+                message_frame(next_seq, now_ns(), o.size, o.json, &mut publisher.out);
                 next_seq += 1;
                 in_flight += 1;
             }
         } else {
             while next_send <= now {
-                message_frame(next_seq, now_ns(), o.size, &mut publisher.out);
+                message_frame(next_seq, now_ns(), o.size, o.json, &mut publisher.out);
                 next_seq += 1;
                 next_send += rate_interval;
             }
@@ -502,9 +614,17 @@ fn main() {
                 let mut messages = 0u64;
                 let mut bytes = 0u64;
                 let expected = &mut c.next_seq;
-                let used = parse_frames(data, |payload| {
-                    let seq = u64::from_le_bytes(payload[..8].try_into().unwrap());
-                    let sent = u64::from_le_bytes(payload[8..16].try_into().unwrap());
+                let used = parse_frames(data, |payload, compressed| {
+                    let payload = if compressed {
+                        inflate(&mut inflater, payload, &mut inflated);
+                        &inflated[..]
+                    } else {
+                        payload
+                    };
+                    if payload.len() != o.size {
+                        fail(&format!("a delivery of {} bytes, not {}", payload.len(), o.size));
+                    }
+                    let (seq, sent) = stamps(payload, o.json);
                     if seq != *expected {
                         if seq > *expected {
                             tally.lost += seq - *expected;
@@ -530,6 +650,7 @@ fn main() {
                 if recording {
                     tally.deliveries += messages;
                     tally.bytes += bytes;
+                    tally.wire_bytes += got as u64;
                 }
                 if c.pending.is_empty() {
                     c.pending.extend_from_slice(&scratch[used..got]);
@@ -563,7 +684,7 @@ fn main() {
         );
     }
     println!(
-        "{{\"mode\":\"{}\",\"clients\":{},\"size\":{},\"deliveries\":{},\"deliveries_per_s\":{:.0},\"server_cpu_s\":{:.2},\"deliveries_per_cpu_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"rss_kib\":{},\"lost\":{},\"reordered\":{},\"closed\":{},\"loadgen_cpu_s\":{:.2},\"wall_s\":{:.2},\"loadgen_saturated\":{}}}",
+        "{{\"mode\":\"{}\",\"clients\":{},\"size\":{},\"deliveries\":{},\"deliveries_per_s\":{:.0},\"server_cpu_s\":{:.2},\"deliveries_per_cpu_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"rss_kib\":{},\"wire_bytes_per_delivery\":{:.1},\"lost\":{},\"reordered\":{},\"closed\":{},\"loadgen_cpu_s\":{:.2},\"wall_s\":{:.2},\"loadgen_saturated\":{}}}",
         o.mode,
         o.clients,
         o.size,
@@ -576,6 +697,7 @@ fn main() {
         pct(0.999),
         pct(1.0),
         rss_kib(o.pid),
+        if tally.deliveries > 0 { tally.wire_bytes as f64 / tally.deliveries as f64 } else { 0.0 },
         tally.lost,
         tally.reordered,
         tally.closed,
