@@ -139,11 +139,11 @@ impl<T: Transport> Fanout<'_, T> {
         if !client.conn.is_open() {
             return;
         }
-        let window = client.flags.deflate_window();
-        let frame = if window == 0 {
-            frame
+        let frame = if client.flags.compresses() {
+            let (window, min_size) = (client.flags.deflate_window(), self.ctx.config.compression_min_size);
+            self.deflated.pick(frame, window, self.compressor, min_size, self.stats)
         } else {
-            self.deflated.pick(frame, window, self.compressor, self.ctx.config.compression_min_size, self.stats)
+            frame
         };
         match client.conn.enqueue(SharedFrame::clone(frame), &self.ctx) {
             Ok(()) => self.stats.deliveries += 1,
@@ -183,7 +183,7 @@ impl Deflated {
     /// compressed one if there is one and its window can take it (a
     /// message compressed on its own refers at most its own length back),
     /// else the plain one.
-    #[inline]
+    #[inline(never)]
     fn pick<'f>(
         &'f mut self,
         plain: &'f SharedFrame,

@@ -89,18 +89,19 @@ impl Flags {
     const DEFLATE_SHIFT: u16 = 9;
     const DEFLATE_MASK: u16 = 0xf << Flags::DEFLATE_SHIFT;
 
-    /// The client's compression window bits (8 to 15), or 0 without
-    /// compression. Always 0 without the `deflate` feature, so the fan-out
-    /// loop's test for it compiles away.
+    /// The client negotiated compression. Always false without the
+    /// `deflate` feature, so the fan-out loop's test compiles away.
     #[inline]
+    fn compresses(self) -> bool {
+        cfg!(feature = "deflate") && self.0 & Flags::DEFLATE_MASK != 0
+    }
+
+    /// The client's compression window bits (8 to 15), or 0 without
+    /// compression.
     fn deflate_window(self) -> u8 {
-        if cfg!(feature = "deflate") {
-            match (self.0 & Flags::DEFLATE_MASK) >> Flags::DEFLATE_SHIFT {
-                0 => 0,
-                bits => bits as u8 + 7,
-            }
-        } else {
-            0
+        match (self.0 & Flags::DEFLATE_MASK) >> Flags::DEFLATE_SHIFT {
+            0 => 0,
+            bits => bits as u8 + 7,
         }
     }
 
@@ -492,7 +493,7 @@ impl<T: Transport> Hub<T> {
         let peer = client.conn.peer();
         if client.flags.replace(Flags::SUBSCRIBED, false) {
             self.admission.left();
-            if client.flags.deflate_window() != 0 {
+            if client.flags.compresses() {
                 self.stats.compression_clients -= 1;
             }
             let bridge = &mut self.bridge;
