@@ -21,6 +21,7 @@ mod off;
 pub use off::{Compressor, Inflater};
 
 /// Why a compressed message could not be taken.
+#[cfg_attr(not(feature = "deflate"), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InflateError {
     /// It inflates to more than `--max-message-size` (close 1009).

@@ -295,9 +295,16 @@ const JSON_HEAD: usize = 53;
 /// times that change from message to message), padded with spaces.
 fn json_payload(seq: u64, sent_ns: u64, size: usize, out: &mut Vec<u8>) {
     use std::fmt::Write as _;
-    const SENSORS: [(&str, &str); 6] =
-        [("temperature", "C"), ("humidity", "%"), ("pressure", "hPa"), ("voltage", "V"), ("current", "A"), ("rssi", "dBm")];
-    let mut text = format!("{{\"seq\":{seq:020},\"ts\":{sent_ns:020},\"gateway\":\"edge-gw-{:04}\",\"readings\":[", seq % 64);
+    const SENSORS: [(&str, &str); 6] = [
+        ("temperature", "C"),
+        ("humidity", "%"),
+        ("pressure", "hPa"),
+        ("voltage", "V"),
+        ("current", "A"),
+        ("rssi", "dBm"),
+    ];
+    let mut text =
+        format!("{{\"seq\":{seq:020},\"ts\":{sent_ns:020},\"gateway\":\"edge-gw-{:04}\",\"readings\":[", seq % 64);
     let mut x = seq.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
     let mut reading = String::new();
     loop {
