@@ -318,7 +318,7 @@ fn json_payload(seq: u64, sent_ns: u64, size: usize, out: &mut Vec<u8>) {
             r % 8,
             (r >> 3) % 100,
             (r >> 10) % 100,
-            if (r >> 17) % 10 == 0 { "warn" } else { "ok" },
+            if (r >> 17).is_multiple_of(10) { "warn" } else { "ok" },
             1_764_668_400_000 + seq * 250 - (r >> 20) % 1000
         );
         if text.len() + reading.len() + 2 > size {
