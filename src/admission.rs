@@ -350,7 +350,7 @@ impl Admission {
         if config.admin_listen.is_none() {
             return Ok(());
         }
-        let admin_route = !matches!(request, Request::Upgrade(_) | Request::Demo);
+        let admin_route = !matches!(request, Request::Upgrade(_) | Request::Sse(_) | Request::Demo);
         if admin_route == on_admin_listener { Ok(()) } else { Err(NOT_FOUND) }
     }
 
@@ -415,6 +415,7 @@ mod tests {
     fn capacity_refuses_upgrades_with_503() {
         let config = Config { max_connections: 1, ..Config::default() };
         let up = Upgrade {
+            resume: Default::default(),
             accept_key: String::new(),
             topics: Vec::new(),
             credentials: Credentials::default(),
@@ -481,6 +482,7 @@ mod tests {
             topics: Vec::new(),
             credentials: credentials(host, origin, None),
             deflate: None,
+            resume: Default::default(),
         };
         let config = Config::default();
         let hub = "127.0.0.1:8080";

@@ -26,7 +26,7 @@ use crate::admission::{Admission, Peer};
 use crate::config::Config;
 use crate::deflate::{InflateError, Inflater};
 use crate::frame::{self, Event, FrameDecoder, MessageKind, ProtocolError, SharedFrame};
-use crate::http::{self, Body, PublishHead, Rejection, Request};
+use crate::http::{self, Body, PublishHead, Rejection, Request, Resume};
 pub use crate::reason::Reason;
 use crate::send_queue::{QueueLimits, SendQueue};
 use crate::time::{Millis, NEVER, millis};
@@ -68,10 +68,8 @@ const MAX_UNREAD_ANSWERS: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Action {
     Nothing,
-    /// Upgrade accepted: subscribe this client to these topics; bit `i` of
-    /// the mask: the client may publish to topic `i`. The last field: the
-    /// client's `server_max_window_bits` if it negotiated compression, else 0.
-    Subscribe(Vec<Topic>, u16, u8),
+    /// Upgrade (or event stream) accepted: subscribe this client.
+    Subscribe(Joined),
     /// A message from this client to everyone on its topics.
     Broadcast(SharedFrame),
     /// An HTTP publish: deliver, then report with [`Connection::published`].
@@ -82,6 +80,20 @@ pub enum Action {
     Closing(Reason),
     /// Nothing more to send or wait for: drop the connection now.
     Drop(Reason),
+}
+
+/// A client the hub is to subscribe.
+#[derive(Debug)]
+pub struct Joined {
+    pub topics: Vec<Topic>,
+    /// Bit `i`: the client may publish to topic `i`.
+    pub publish_mask: u16,
+    /// Its `server_max_window_bits` if it negotiated compression, else 0.
+    pub deflate_window: u8,
+    /// A Server-Sent Events stream (`/sse`), not a WebSocket.
+    pub sse: bool,
+    /// What to replay to it first.
+    pub resume: Resume,
 }
 
 /// What the connection needs to know about its surroundings.
@@ -119,6 +131,9 @@ enum Phase {
         message_since: Millis,
         expires_at: Millis,
     },
+    /// A Server-Sent Events stream (`/sse`): it only receives. A comment
+    /// keeps it alive when idle (`keepalive_at`); its token's expiry ends it.
+    Stream { keepalive_at: Millis, expires_at: Millis },
     /// Last bytes queued. While they are written, `--write-timeout` bounds
     /// each stall (a slow reader still gets its close frame); once our
     /// writing half is shut, the peer has `CLOSE_LINGER` to send its EOF.
@@ -230,7 +245,7 @@ impl Connection {
             Phase::Request { buf, .. } => buf.capacity(),
             Phase::PublishBody { body, .. } => body.capacity(),
             Phase::Open { decoder, .. } => decoder.buffered_bytes(),
-            Phase::Publishing | Phase::Closing { .. } => 0,
+            Phase::Publishing | Phase::Stream { .. } | Phase::Closing { .. } => 0,
         };
         input + self.rate.as_ref().map_or(0, |rate| rate.held.capacity())
     }
@@ -272,6 +287,7 @@ impl Connection {
                 let message = message_since.saturating_add(millis(config.message_timeout));
                 last_heard.saturating_add(millis(silence)).min(message).min(*expires_at)
             }
+            Phase::Stream { keepalive_at, expires_at } => (*keepalive_at).min(*expires_at),
             Phase::Closing { linger_until } => linger_until.unwrap_or(NEVER),
         };
         stall.min(phase)
@@ -292,8 +308,9 @@ impl Connection {
         Peer { addr: self.peer, tls: config.tls_cert.is_some() && !self.admin }
     }
 
+    /// An open WebSocket client or event stream: it receives deliveries.
     pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Open { .. })
+        matches!(self.phase, Phase::Open { .. } | Phase::Stream { .. })
     }
 
     pub fn is_closing(&self) -> bool {
@@ -310,8 +327,9 @@ impl Connection {
                 body.extend_from_slice(&input[..take]);
                 (take, self.finish_body_if_complete())
             }
-            // Bytes after the request of an HTTP exchange are not ours to read.
-            Phase::Publishing | Phase::Closing { .. } => (input.len(), Action::Nothing),
+            // Bytes after the request of an HTTP exchange are not ours to
+            // read, and an event stream's client has nothing more to say.
+            Phase::Publishing | Phase::Stream { .. } | Phase::Closing { .. } => (input.len(), Action::Nothing),
             Phase::Open { decoder, last_heard, ping_sent, may_publish, .. } => {
                 *last_heard = ctx.now;
                 *ping_sent = false;
@@ -459,7 +477,30 @@ impl Connection {
                         };
                         self.rate = Some(Box::new(bucket));
                     }
-                    Action::Subscribe(upgrade.topics, admitted.publish_mask, deflate.map_or(0, |d| d.window_bits))
+                    Action::Subscribe(Joined {
+                        topics: upgrade.topics,
+                        publish_mask: admitted.publish_mask,
+                        deflate_window: deflate.map_or(0, |d| d.window_bits),
+                        sse: false,
+                        resume: upgrade.resume,
+                    })
+                }
+            },
+            Request::Sse(upgrade) => match ctx.admission.upgrade(ctx.config, &upgrade, self.arrival(ctx.config)) {
+                Err(rejection) => self.reject(rejection, ctx),
+                Ok(admitted) => {
+                    self.push_unbounded(SharedFrame::from(http::event_stream_response()), ctx.now);
+                    self.phase = Phase::Stream {
+                        keepalive_at: ctx.now.saturating_add(millis(ctx.config.ping_interval)),
+                        expires_at: admitted.expires_in.map_or(NEVER, |ms| ctx.now.saturating_add(ms)),
+                    };
+                    Action::Subscribe(Joined {
+                        topics: upgrade.topics,
+                        publish_mask: 0,
+                        deflate_window: 0,
+                        sse: true,
+                        resume: upgrade.resume,
+                    })
                 }
             },
             Request::Publish(head) => self.start_publish(head, since, ctx),
@@ -511,9 +552,10 @@ impl Connection {
         self.answer_with(content_type, body, Body::Full, now)
     }
 
-    /// The hub delivered this connection's publish to `receivers` clients.
-    pub fn published(&mut self, receivers: usize, now: Millis) -> Action {
-        let body = format!("{{\"receivers\": {receivers}}}\n");
+    /// The hub delivered this connection's publish to `receivers` clients,
+    /// as message `id`.
+    pub fn published(&mut self, receivers: usize, id: crate::history::MessageId, now: Millis) -> Action {
+        let body = format!("{{\"receivers\": {receivers}, \"id\": \"{id}\"}}\n");
         self.answer_with("application/json", &body, Body::Full, now)
     }
 
@@ -636,7 +678,11 @@ impl Connection {
         if self.is_closing() {
             return Action::Nothing;
         }
-        if self.is_open() {
+        if let Phase::Stream { .. } = self.phase {
+            // An event stream just ends (a comment, then the half-close).
+            self.send_last(crate::sse::keepalive(), ctx.now);
+            Action::Closing(reason)
+        } else if self.is_open() {
             self.send_last(frame::encode_close(code, why), ctx.now);
             Action::Closing(reason)
         } else {
@@ -746,6 +792,17 @@ impl Connection {
                     return self.enqueue(frame::encode_ping(b""), ctx).err().unwrap_or(Action::Nothing);
                 }
             }
+            Phase::Stream { keepalive_at, expires_at } => {
+                if now >= *expires_at {
+                    return self.fail(TOKEN_EXPIRED, ctx);
+                }
+                if now >= *keepalive_at {
+                    *keepalive_at = now.saturating_add(millis(config.ping_interval));
+                    if self.queue.is_empty() {
+                        return self.enqueue(crate::sse::keepalive(), ctx).err().unwrap_or(Action::Nothing);
+                    }
+                }
+            }
             Phase::Closing { linger_until } => {
                 if stalled || linger_until.is_some_and(|t| now >= t) {
                     return Action::Drop(Reason::LingerTimeout);
@@ -759,7 +816,9 @@ impl Connection {
     /// queue flushed and then close 1001; anything else is dropped.
     pub fn shut_down(&mut self, ctx: &Context) -> Action {
         match self.phase {
-            Phase::Open { .. } => self.close(CloseCode::Away, "server shutting down", Reason::ShuttingDown, ctx),
+            Phase::Open { .. } | Phase::Stream { .. } => {
+                self.close(CloseCode::Away, "server shutting down", Reason::ShuttingDown, ctx)
+            }
             Phase::Closing { .. } => Action::Nothing,
             _ => Action::Drop(Reason::ShuttingDown),
         }
@@ -819,7 +878,7 @@ mod tests {
         let mut bytes = UPGRADE.to_vec();
         bytes.extend(masked(0x81, b"hi"));
         let actions = feed(&mut conn, &bytes, &ctx(&config, 0));
-        assert!(matches!(&actions[0], Action::Subscribe(t, ..) if t[0].as_str() == "x"));
+        assert!(matches!(&actions[0], Action::Subscribe(j) if j.topics[0].as_str() == "x"));
         assert!(matches!(&actions[1], Action::Broadcast(f) if &f[..] == b"\x81\x02hi"));
         assert!(String::from_utf8(sent(&mut conn)).unwrap().starts_with("HTTP/1.1 101 "));
     }
@@ -874,8 +933,8 @@ mod tests {
         assert!(actions.iter().all(|a| matches!(a, Action::Nothing)));
         let actions = feed(&mut conn, &req[req.len() - 2..], &ctx(&config, 0));
         assert!(matches!(&actions[0], Action::Publish(t, f) if t.as_str() == "news" && &f[..] == b"\x81\x05hello"));
-        conn.published(3, 0);
-        assert!(String::from_utf8(sent(&mut conn)).unwrap().ends_with("{\"receivers\": 3}\n"));
+        conn.published(3, crate::history::MessageId { epoch: 1, seq: 1 }, 0);
+        assert!(String::from_utf8(sent(&mut conn)).unwrap().ends_with("{\"receivers\": 3, \"id\": \"1-1\"}\n"));
 
         let wrong =
             b"POST /publish/news HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer nope\r\nContent-Length: 5\r\n\r\nhello";

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 
 use crate::deflate::{self, Negotiated};
+use crate::history::MessageId;
 use crate::topic::{Topic, TopicError, topics_from_query};
 
 /// Largest request head we accept (contract: 8 KiB).
@@ -21,6 +22,9 @@ pub const MAX_HEADERS: usize = 64;
 pub enum Request {
     /// A valid WebSocket upgrade on `/ws`.
     Upgrade(Upgrade),
+    /// `GET /sse`: a Server-Sent Events stream, admitted as an upgrade is
+    /// (its `accept_key` is empty and it negotiates no compression).
+    Sse(Upgrade),
     /// `GET /healthz`, or `HEAD /healthz` (`head_only`: answer without a body).
     Health { head_only: bool },
     /// `POST /publish/<topic>`, body not read yet.
@@ -41,6 +45,21 @@ pub struct Upgrade {
     /// The first `permessage-deflate` offer the hub can honour, if any
     /// (taken unless `--no-compression`).
     pub deflate: Option<Negotiated>,
+    /// What the client asks to be replayed first.
+    pub resume: Resume,
+}
+
+/// A replay a client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resume {
+    #[default]
+    None,
+    /// Everything after this id (`Last-Event-ID`, or `?since=` on `/sse`);
+    /// `None`: a `Last-Event-ID` that is not an id of this hub's form (a
+    /// gap, not an error: the browser sends back whatever it was given).
+    Since(Option<MessageId>),
+    /// `?last=N`: the last N retained messages of each topic.
+    Last(usize),
 }
 
 /// Who a request says it comes from and what it presents.
@@ -185,6 +204,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Head>, Rejection> {
     let request = match path {
         "/ws" if method == "GET" => Request::Upgrade(upgrade(&headers, query, host)?),
         "/ws" => return Err(not_allowed("WebSocket upgrade must be GET", "GET")),
+        "/sse" if method == "GET" => Request::Sse(event_stream(&headers, query, host)?),
+        "/sse" => return Err(not_allowed("an event stream is GET", "GET")),
         "/healthz" if method == "GET" || method == "HEAD" => Request::Health { head_only: method == "HEAD" },
         "/healthz" => return Err(not_allowed("health check is GET or HEAD", "GET, HEAD")),
         "/metrics" if method == "GET" => Request::Metrics(headers.credentials(host)?),
@@ -292,7 +313,45 @@ fn upgrade(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgra
     let mut credentials = headers.credentials(host)?;
     credentials.query_token = query_param(query, "token")?.filter(|t| !t.is_empty()).map(str::to_string);
     let deflate = deflate::negotiate(headers.all("sec-websocket-extensions"));
-    Ok(Upgrade { accept_key, topics, credentials, deflate })
+    let resume = match last(query)? {
+        Some(n) => Resume::Last(n),
+        None => Resume::None,
+    };
+    Ok(Upgrade { accept_key, topics, credentials, deflate, resume })
+}
+
+/// `GET /sse`: topics and credentials as for `/ws`; `Last-Event-ID` (which
+/// wins: `EventSource` repeats the URL on every reconnect), `?since=` or
+/// `?last=`.
+fn event_stream(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgrade, Rejection> {
+    let topics = topics_from_query(query).map_err(|_| reject(400, "bad topic in query"))?;
+    let mut credentials = headers.credentials(host)?;
+    credentials.query_token = query_param(query, "token")?.filter(|t| !t.is_empty()).map(str::to_string);
+    let since = match query_param(query, "since")? {
+        Some(id) => Some(MessageId::parse(id).ok_or(reject(400, "bad ?since= (an id is <epoch>-<seq>)"))?),
+        None => None,
+    };
+    let last = last(query)?;
+    let resume = match headers.single("last-event-id")? {
+        Some(id) => Resume::Since(std::str::from_utf8(id).ok().and_then(|id| MessageId::parse(id.trim_ascii()))),
+        None => match (since, last) {
+            (Some(id), _) => Resume::Since(Some(id)),
+            (None, Some(n)) => Resume::Last(n),
+            (None, None) => Resume::None,
+        },
+    };
+    Ok(Upgrade { accept_key: String::new(), topics, credentials, deflate: None, resume })
+}
+
+/// `?last=N`: a decimal count.
+fn last(query: Option<&str>) -> Result<Option<usize>, Rejection> {
+    match query_param(query, "last")? {
+        None => Ok(None),
+        Some(n) if !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(Some(n.parse().unwrap_or(0)))
+        }
+        Some(_) => Err(reject(400, "bad ?last= (a count)")),
+    }
 }
 
 /// RFC 6455 §4.1: the key is 16 bytes, base64-encoded: 22 symbols and "==",
@@ -334,6 +393,12 @@ fn publish(headers: &Headers, topic: &str, host: String) -> Result<PublishHead, 
     let expect_continue =
         headers.single("expect")?.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
     Ok(PublishHead { topic: Topic::new(topic), content_length, credentials, octet_stream, expect_continue })
+}
+
+/// `200 OK` opening a Server-Sent Events stream: no length (the stream
+/// ends with the connection), not cached, not buffered by proxies.
+pub fn event_stream_response() -> &'static [u8] {
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\r\n"
 }
 
 /// `101 Switching Protocols` for an accepted upgrade.

@@ -29,6 +29,7 @@ mod deflate;
 #[cfg(any(feature = "tls", feature = "jwt"))]
 mod der;
 mod frame;
+mod history;
 mod http;
 mod hub;
 mod log_limit;
@@ -41,6 +42,7 @@ mod reason;
 mod redis;
 mod send_queue;
 mod server;
+mod sse;
 mod stats;
 mod subscriptions;
 mod systemd;

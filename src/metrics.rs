@@ -98,6 +98,24 @@ pub fn render(stats: &Stats, extras: &Extras) -> String {
         "Heap bytes of the hub's one compressor and one inflater (made on first use).",
         stats.compression_memory_bytes,
     );
+    out.gauge("wshub_sse_clients", "Open Server-Sent Events clients (also in wshub_connections).", stats.sse_clients);
+    out.counter(
+        "wshub_sse_binary_skipped_total",
+        "Binary messages not sent to Server-Sent Events clients (one per client).",
+        stats.sse_binary_skipped,
+    );
+    out.gauge("wshub_history_messages", "Messages kept for replay, once per topic.", stats.history_messages);
+    out.gauge("wshub_history_bytes", "Bytes of the messages kept for replay.", stats.history_bytes);
+    out.family("wshub_history_evictions_total", "counter", "Messages evicted from the history, by cause.");
+    for cause in crate::history::Eviction::ALL {
+        let value = stats.history_evictions[cause as usize];
+        out.sample("wshub_history_evictions_total", &[("cause", cause.label())], value);
+    }
+    out.family("wshub_resumes_total", "counter", "Resumes (Last-Event-ID, ?since=), by result.");
+    out.sample("wshub_resumes_total", &[("result", "complete")], stats.resumes_complete);
+    out.sample("wshub_resumes_total", &[("result", "gap")], stats.resumes_gap);
+    out.counter("wshub_replays_total", "Replays started (resumes and ?last=).", stats.replays);
+    out.counter("wshub_replayed_messages_total", "Messages sent by replays.", stats.replayed_messages);
     out.counter(
         "wshub_log_lines_dropped_total",
         "Log lines dropped because stderr was not writable.",

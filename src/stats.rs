@@ -58,6 +58,23 @@ pub struct Stats {
     pub inflated_messages: u64,
     /// Heap bytes of the shared compressor and inflater (gauge).
     pub compression_memory_bytes: u64,
+    /// Open Server-Sent Events clients (gauge; also in `open`).
+    pub sse_clients: u64,
+    /// Binary messages not sent to SSE clients, per client (counter).
+    pub sse_binary_skipped: u64,
+    /// Messages in the history, counted once per topic (gauge).
+    pub history_messages: u64,
+    /// Bytes of frames in the history (gauge).
+    pub history_bytes: u64,
+    /// Messages evicted from the history by cause: count, bytes, ttl,
+    /// memory (counter).
+    pub history_evictions: [u64; 4],
+    /// Resumes (`Last-Event-ID`, `?since=`) by result: complete, gap (counters).
+    pub resumes_complete: u64,
+    pub resumes_gap: u64,
+    /// Replays started (resumes and `?last=`), and messages they sent (counters).
+    pub replays: u64,
+    pub replayed_messages: u64,
     /// With `--redis`: the bridge's figures.
     pub redis: Option<crate::redis::RedisStats>,
 }

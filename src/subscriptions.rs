@@ -157,7 +157,7 @@ impl Subscriptions {
 
     /// Calls `deliver` once for every client subscribed to any topic of
     /// `sender` that it may publish to, the sender included.
-    pub fn for_each_peer(&mut self, sender: ClientId, mut deliver: impl FnMut(ClientId)) {
+    pub fn for_each_peer(&mut self, sender: ClientId, mut deliver: impl FnMut(ClientId, &Topic)) {
         let Some(joined) = self.memberships.get(sender).map(Joined::as_slice) else {
             return;
         };
@@ -165,8 +165,9 @@ impl Subscriptions {
         if let [only] = joined[..]
             && mask & 1 != 0
         {
-            for &client in &self.topics[only.topic as usize].subscribers {
-                deliver(client as ClientId);
+            let entry = &self.topics[only.topic as usize];
+            for &client in &entry.subscribers {
+                deliver(client as ClientId, &entry.name);
             }
             return;
         }
@@ -176,18 +177,19 @@ impl Subscriptions {
             if mask & (1 << i) == 0 {
                 continue;
             }
-            for &client in &self.topics[membership.topic as usize].subscribers {
+            let entry = &self.topics[membership.topic as usize];
+            for &client in &entry.subscribers {
                 let seen = &mut self.stamps[client as usize];
                 if *seen != stamp {
                     *seen = stamp;
-                    deliver(client as ClientId);
+                    deliver(client as ClientId, &entry.name);
                 }
             }
         }
     }
 
     /// Calls `deliver` for every subscriber of `topic`; returns how many.
-    pub fn for_each_subscriber(&self, topic: &Topic, deliver: impl FnMut(ClientId)) -> usize {
+    pub fn for_each_subscriber(&self, topic: &Topic, deliver: impl FnMut(ClientId, &Topic)) -> usize {
         self.for_each_first_holder(topic.as_str(), std::iter::empty(), deliver)
     }
 
@@ -211,7 +213,7 @@ impl Subscriptions {
         &self,
         topic: &str,
         earlier: impl Iterator<Item = &'e str>,
-        mut deliver: impl FnMut(ClientId),
+        mut deliver: impl FnMut(ClientId, &Topic),
     ) -> usize {
         let Some(&index) = self.by_name.get(topic) else {
             return 0;
@@ -229,10 +231,11 @@ impl Subscriptions {
         }
         let held = &held[..count];
         let mut delivered = 0;
-        for &client in &self.topics[index as usize].subscribers {
+        let entry = &self.topics[index as usize];
+        for &client in &entry.subscribers {
             if held.is_empty() || !self.memberships[client as usize].as_slice().iter().any(|m| held.contains(&m.topic))
             {
-                deliver(client as ClientId);
+                deliver(client as ClientId, &entry.name);
                 delivered += 1;
             }
         }
@@ -263,7 +266,7 @@ mod tests {
 
     fn peers(hub: &mut Subscriptions, sender: ClientId) -> Vec<ClientId> {
         let mut out = Vec::new();
-        hub.for_each_peer(sender, |c| out.push(c));
+        hub.for_each_peer(sender, |c, _| out.push(c));
         out.sort();
         out
     }
@@ -281,8 +284,8 @@ mod tests {
         assert_eq!(peers(&mut hub, 2), [0, 1, 2], "a second broadcast reaches everyone again");
         assert_eq!(peers(&mut hub, 3), [3]);
         let mut n = Vec::new();
-        assert_eq!(hub.for_each_subscriber(&Topic::new("b").unwrap(), |c| n.push(c)), 2);
-        assert_eq!(hub.for_each_subscriber(&Topic::new("zzz").unwrap(), |_| {}), 0);
+        assert_eq!(hub.for_each_subscriber(&Topic::new("b").unwrap(), |c, _| n.push(c)), 2);
+        assert_eq!(hub.for_each_subscriber(&Topic::new("zzz").unwrap(), |_, _| {}), 0);
     }
 
     #[test]
@@ -339,7 +342,7 @@ mod tests {
         // Sent to [a, b, x]: heard on channel a, then on channel b.
         let heard = |hub: &Subscriptions, on: &str, earlier: &[&str]| {
             let mut out = Vec::new();
-            let n = hub.for_each_first_holder(on, earlier.iter().copied(), |c| out.push(c));
+            let n = hub.for_each_first_holder(on, earlier.iter().copied(), |c, _| out.push(c));
             assert_eq!(n, out.len());
             out.sort();
             out

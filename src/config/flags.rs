@@ -223,6 +223,30 @@ pub const FLAGS: &[Flag] = &[
             Ok(())
         },
     ),
+    flag(
+        "history",
+        "N",
+        "0",
+        "messages kept per topic for replay and resume (/sse Last-Event-ID, ?since=, ?last=; 0 = off)",
+        |c, v| {
+            c.history = whole(v)?;
+            Ok(())
+        },
+    ),
+    flag(
+        "history-bytes",
+        "BYTES",
+        "8388608",
+        "bound on all bytes of history kept, oldest evicted first (also counted in --max-buffered-bytes)",
+        |c, v| {
+            c.history_bytes = whole(v)?;
+            Ok(())
+        },
+    ),
+    flag("history-ttl", "SECS", "0", "history older than this is evicted (0 = no age limit)", |c, v| {
+        c.history_ttl = if v == "0" { Duration::ZERO } else { seconds(v)? };
+        Ok(())
+    }),
     flag("handshake-timeout", "SECS", "10", "close a connection whose request is not complete by then", |c, v| {
         c.handshake_timeout = seconds(v)?;
         Ok(())

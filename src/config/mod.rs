@@ -44,6 +44,12 @@ pub struct Config {
     pub compression: bool,
     /// Messages shorter than this go uncompressed to every client.
     pub compression_min_size: usize,
+    /// Messages kept per topic for replay and resume (0: history off).
+    pub history: usize,
+    /// Bound on the bytes of all history kept (oldest evicted first).
+    pub history_bytes: usize,
+    /// History older than this is evicted (zero: no age limit).
+    pub history_ttl: Duration,
     /// `--publish-token`: never shown by `Debug` or in errors.
     pub publish_token: Option<Secret>,
     /// Which pages may open `/ws` or publish from a browser (`Origin`).
@@ -126,6 +132,9 @@ impl Default for Config {
             no_echo: false,
             compression: true,
             compression_min_size: 128,
+            history: 0,
+            history_bytes: 8 * 1024 * 1024,
+            history_ttl: Duration::ZERO,
             publish_token: None,
             allowed_origins: OriginPolicy::default(),
             allowed_hosts: Vec::new(),

@@ -70,6 +70,7 @@ impl<T: Transport> Hub<T> {
             + self.inbox.as_ref().map_or(0, |held| held.load(Ordering::Relaxed))
             + self.compressor.held_bytes()
             + self.inflater.held_bytes()
+            + self.history.held_bytes()
     }
 
     /// Over `--max-buffered-bytes`: drops the clients holding the most (a
@@ -81,6 +82,11 @@ impl<T: Transport> Hub<T> {
         if held <= self.config.max_buffered_bytes {
             return;
         }
+        // History goes before any client: its frames are freed as far as no
+        // queue holds them too.
+        while self.held_bytes() > self.config.max_buffered_bytes
+            && self.history.evict_oldest(crate::history::Eviction::Memory)
+        {}
         // Bounded work per call; the next event continues if need be.
         for _ in 0..64 {
             if self.held_bytes() <= self.config.max_buffered_bytes {
@@ -139,5 +145,7 @@ impl<T: Transport> Hub<T> {
         self.reads.shrink();
         self.deferred.shrink_to_fit();
         self.closed.shrink_to_fit();
+        self.history.shrink();
+        self.replays.shrink_to_fit();
     }
 }

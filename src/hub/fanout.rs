@@ -9,13 +9,15 @@
 use slab::Slab;
 
 use super::writing::{Writes, write_client};
-use super::{Client, Hub};
+use super::{Client, Flags, Hub};
 use crate::connection::{Action, Context, Reason};
 use crate::deflate::Compressor;
-use crate::frame::{self, SharedFrame};
+use crate::frame::{self, MessageKind, SharedFrame};
+use crate::history::{History, MessageId};
 use crate::redis::Bridge;
 #[cfg(feature = "redis")]
 use crate::redis::{Incoming, Role};
+use crate::sse;
 use crate::stats::Stats;
 use crate::subscriptions::{ClientId, Subscriptions};
 use crate::time::Millis;
@@ -24,18 +26,29 @@ use crate::transport::Transport;
 
 impl<T: Transport> Hub<T> {
     /// Queues `frame` to every subscriber of `topic` (an HTTP publish or a
-    /// `Publisher`); returns how many.
-    pub fn publish(&mut self, topic: &Topic, frame: SharedFrame, now: Millis) -> usize {
+    /// `Publisher`); returns how many, and the message's id.
+    pub fn publish(&mut self, topic: &Topic, frame: SharedFrame, now: Millis) -> (usize, MessageId) {
         self.stats.published += 1;
-        let (subscriptions, mut fanout) = self.fanout(now);
-        let receivers = subscriptions.for_each_subscriber(topic, |id| fanout.deliver(id, &frame));
+        let seq = self.accept(std::iter::once(topic), &frame, now);
+        let (subscriptions, mut fanout) = self.fanout(seq, now);
+        let receivers = subscriptions.for_each_subscriber(topic, |id, topic| fanout.deliver(id, topic, &frame));
         if let Some(bridge) = &mut self.bridge {
             share(bridge, std::iter::once(topic), &frame, now);
         }
         drop(frame);
         self.apply_deferred(now);
         self.enforce_budget(now);
-        receivers
+        (receivers, MessageId { epoch: self.epoch, seq })
+    }
+
+    /// Gives an accepted message its id and keeps it in the history of
+    /// each of its topics.
+    fn accept<'t>(&mut self, topics: impl Iterator<Item = &'t Topic>, frame: &SharedFrame, now: Millis) -> u64 {
+        self.seq += 1;
+        if self.history.is_on() {
+            append_history(&mut self.history, topics, self.seq, frame, now);
+        }
+        self.seq
     }
 
     /// Queues a client's message to every client on its topics.
@@ -43,11 +56,16 @@ impl<T: Transport> Hub<T> {
         if let Some(bridge) = &mut self.bridge {
             share(bridge, self.subscriptions.publish_topics(sender), &frame, now);
         }
+        self.seq += 1;
+        let seq = self.seq;
+        if self.history.is_on() {
+            append_history(&mut self.history, self.subscriptions.publish_topics(sender), seq, &frame, now);
+        }
         let no_echo = self.config.no_echo;
-        let (subscriptions, mut fanout) = self.fanout(now);
-        subscriptions.for_each_peer(sender, |id| {
+        let (subscriptions, mut fanout) = self.fanout(seq, now);
+        subscriptions.for_each_peer(sender, |id, topic| {
             if !(no_echo && id == sender) {
-                fanout.deliver(id, &frame);
+                fanout.deliver(id, topic, &frame);
             }
         });
         drop(frame);
@@ -80,8 +98,16 @@ impl<T: Transport> Hub<T> {
     fn deliver_heard(&mut self, incoming: Incoming<'_>, now: Millis) -> usize {
         let frame = frame::encode_message(incoming.kind, incoming.payload);
         let topic = incoming.topic;
-        let (subscriptions, mut fanout) = self.fanout(now);
-        let mut deliver = |id| fanout.deliver(id, &frame);
+        // Heard from another hub: a local id, and local history.
+        self.seq += 1;
+        let seq = self.seq;
+        if self.history.is_on()
+            && let Ok(topic) = Topic::new(topic)
+        {
+            self.history.append(&topic, seq, &frame, now);
+        }
+        let (subscriptions, mut fanout) = self.fanout(seq, now);
+        let mut deliver = |id, topic: &Topic| fanout.deliver(id, topic, &frame);
         match incoming.envelope {
             Some(envelope) => {
                 let earlier = envelope.topics().take_while(|t| *t != topic);
@@ -93,11 +119,13 @@ impl<T: Transport> Hub<T> {
 
     /// The subscriptions, and the rest of the hub a broadcast writes to,
     /// borrowed apart.
-    fn fanout(&mut self, now: Millis) -> (&mut Subscriptions, Fanout<'_, T>) {
+    fn fanout(&mut self, seq: u64, now: Millis) -> (&mut Subscriptions, Fanout<'_, T>) {
         let fanout = Fanout {
             clients: &mut self.clients,
             compressor: &mut self.compressor,
             deflated: Deflated::Untried,
+            id: MessageId { epoch: self.epoch, seq },
+            events: Vec::new(),
             writes: &mut self.writes,
             deferred: &mut self.deferred,
             cork: &mut self.cork,
@@ -118,12 +146,30 @@ fn share<'t>(bridge: &mut Bridge, topics: impl Iterator<Item = &'t Topic> + Clon
     }
 }
 
+/// Keeps a message in the history of each of its topics.
+fn append_history<'t>(
+    history: &mut History,
+    topics: impl Iterator<Item = &'t Topic>,
+    seq: u64,
+    frame: &SharedFrame,
+    now: Millis,
+) {
+    for topic in topics {
+        history.append(topic, seq, frame, now);
+    }
+}
+
 /// What a broadcast needs of the hub while the subscriptions are walked.
 struct Fanout<'a, T> {
     clients: &'a mut Slab<Client<T>>,
     compressor: &'a mut Compressor,
     /// This message compressed, once a receiver asked for it.
     deflated: Deflated,
+    /// The message's id.
+    id: MessageId,
+    /// Its Server-Sent Events encodings, one per topic an SSE client got
+    /// it through (the event names the topic), made for the first.
+    events: Vec<(Topic, SharedFrame)>,
     writes: &'a mut Writes,
     /// Actions of clients that overflowed, applied after the walk.
     deferred: &'a mut Vec<(ClientId, Action)>,
@@ -133,15 +179,31 @@ struct Fanout<'a, T> {
 }
 
 impl<T: Transport> Fanout<'_, T> {
-    /// Queues `frame` to one client.
-    fn deliver(&mut self, id: ClientId, frame: &SharedFrame) {
+    /// Queues `frame`, which came through `topic`, to one client.
+    fn deliver(&mut self, id: ClientId, topic: &Topic, frame: &SharedFrame) {
         let Some(client) = self.clients.get_mut(id) else { return };
         if !client.conn.is_open() {
             return;
         }
-        let frame = if client.flags.compresses() {
-            let (window, min_size) = (client.flags.deflate_window(), self.ctx.config.compression_min_size);
-            self.deflated.pick(frame, window, self.compressor, min_size, self.stats)
+        // One test for every receiver that is not a plain WebSocket client
+        // keeping up: compression, an event stream, a replay under way.
+        let frame = if client.flags.special() {
+            if client.flags.has(Flags::REPLAYING) {
+                // Its replay reaches this message in the history.
+                return;
+            }
+            if client.flags.has(Flags::SSE) {
+                match event_for(&mut self.events, self.id, topic, frame) {
+                    Some(event) => event,
+                    None => {
+                        self.stats.sse_binary_skipped += 1;
+                        return;
+                    }
+                }
+            } else {
+                let (window, min_size) = (client.flags.deflate_window(), self.ctx.config.compression_min_size);
+                self.deflated.pick(frame, window, self.compressor, min_size, self.stats)
+            }
         } else {
             frame
         };
@@ -215,4 +277,24 @@ impl Deflated {
             None => Deflated::Plain,
         }
     }
+}
+
+/// The event-stream encoding of a message for `topic` (made once per topic
+/// and shared); `None` for a binary message, which SSE cannot carry.
+#[inline(never)]
+fn event_for<'e>(
+    events: &'e mut Vec<(Topic, SharedFrame)>,
+    id: MessageId,
+    topic: &Topic,
+    frame: &SharedFrame,
+) -> Option<&'e SharedFrame> {
+    if let Some(i) = events.iter().position(|(t, _)| t == topic) {
+        return Some(&events[i].1);
+    }
+    let (kind, payload) = frame::message_parts(frame)?;
+    if kind != MessageKind::Text {
+        return None;
+    }
+    events.push((topic.clone(), sse::event(id, topic, payload)));
+    events.last().map(|(_, event)| event)
 }

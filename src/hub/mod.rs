@@ -24,6 +24,7 @@
 mod budget;
 mod fanout;
 mod reading;
+mod replay;
 mod timers;
 mod writing;
 
@@ -32,6 +33,7 @@ mod tests;
 #[cfg(test)]
 mod write_delay_tests;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -44,6 +46,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::connection::{Action, Connection, Context, Reason};
 use crate::deflate::{Compressor, Inflater};
+use crate::history::{History, Limits, MessageId};
 use crate::metrics::{self, Extras};
 use crate::process::ProcessMetrics;
 use crate::reason::LogLimiter;
@@ -88,6 +91,20 @@ impl Flags {
     /// `server_max_window_bits` less 7 (1 to 8); 0: it did not.
     const DEFLATE_SHIFT: u16 = 9;
     const DEFLATE_MASK: u16 = 0xf << Flags::DEFLATE_SHIFT;
+    /// A Server-Sent Events client (`/sse`).
+    const SSE: u16 = 1 << 13;
+    /// Being replayed what it missed (`replay`): live deliveries reach it
+    /// through the history until the replay catches up.
+    const REPLAYING: u16 = 1 << 14;
+    /// Any of the marks that make a delivery more than a pointer copy.
+    const SPECIAL: u16 = Flags::DEFLATE_MASK | Flags::SSE | Flags::REPLAYING;
+
+    /// The client is not a plain WebSocket client keeping up: one test per
+    /// delivery for all the rest.
+    #[inline]
+    fn special(self) -> bool {
+        self.0 & Flags::SPECIAL != 0
+    }
 
     /// The client negotiated compression. Always false without the
     /// `deflate` feature, so the fan-out loop's test compiles away.
@@ -202,11 +219,23 @@ pub struct Hub<T> {
     compressor: Compressor,
     /// Inflates every client's compressed messages.
     inflater: Inflater,
+    /// This run's epoch, and the last message id given (`history`).
+    epoch: u64,
+    seq: u64,
+    /// Recent messages per topic (`--history`).
+    history: History,
+    /// Clients being replayed what they missed, and where each stands.
+    replays: HashMap<ClientId, replay::Replay>,
 }
 
 impl<T: Transport> Hub<T> {
     pub fn new(config: Config) -> Hub<T> {
         let writes = Writes::new(&config);
+        let history = History::new(Limits {
+            per_topic: config.history,
+            bytes: config.history_bytes,
+            ttl: crate::time::millis(config.history_ttl),
+        });
         Hub {
             config,
             clients: Slab::new(),
@@ -228,6 +257,10 @@ impl<T: Transport> Hub<T> {
             inbox: None,
             compressor: Compressor::default(),
             inflater: Inflater::default(),
+            epoch: crate::history::new_epoch(),
+            seq: 0,
+            history,
+            replays: HashMap::new(),
         }
     }
 
@@ -283,6 +316,11 @@ impl<T: Transport> Hub<T> {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The id of the last message accepted (`<epoch>-0` before any).
+    pub fn current_id(&self) -> MessageId {
+        MessageId { epoch: self.epoch, seq: self.seq }
     }
 
     /// The id the next [`insert`](Hub::insert) will use (to register the
@@ -409,6 +447,9 @@ impl<T: Transport> Hub<T> {
         stats.topics = self.subscriptions.topic_count() as u64;
         stats.held_bytes = self.held_bytes() as u64;
         stats.inflated_messages = self.inflater.inflated();
+        stats.history_messages = self.history.len() as u64;
+        stats.history_bytes = self.history.bytes() as u64;
+        stats.history_evictions = self.history.evictions();
         stats.compression_memory_bytes = (self.compressor.held_bytes() + self.inflater.held_bytes()) as u64;
         stats.redis = self.bridge.as_ref().map(Bridge::stats);
         stats
@@ -417,12 +458,17 @@ impl<T: Transport> Hub<T> {
     fn apply(&mut self, id: ClientId, action: Action, now: Millis) {
         match action {
             Action::Nothing => {}
-            Action::Subscribe(topics, publish_mask, deflate_window) => {
+            Action::Subscribe(joined) => {
+                let crate::connection::Joined { topics, publish_mask, deflate_window, sse, resume } = joined;
                 if let Some(client) = self.clients.get_mut(id) {
                     client.flags.set(Flags::SUBSCRIBED, true);
                     client.flags.set_deflate_window(deflate_window);
+                    client.flags.set(Flags::SSE, sse);
                     if deflate_window != 0 {
                         self.stats.compression_clients += 1;
+                    }
+                    if sse {
+                        self.stats.sse_clients += 1;
                     }
                     self.admission.joined();
                     self.stats.upgrades += 1;
@@ -436,6 +482,7 @@ impl<T: Transport> Hub<T> {
                         let names: Vec<&str> = topics.iter().map(Topic::as_str).collect();
                         debug!("{}: upgraded, topics {}", client.conn.peer(), names.join(", "));
                     }
+                    self.start_replay(id, topics, sse, resume, now);
                 }
             }
             Action::Broadcast(frame) => {
@@ -461,10 +508,10 @@ impl<T: Transport> Hub<T> {
             }
             Action::Publish(topic, frame) => {
                 self.stats.http_publishes += 1;
-                let receivers = self.publish(&topic, frame, now);
+                let (receivers, message) = self.publish(&topic, frame, now);
                 if let Some(client) = self.clients.get_mut(id) {
                     debug!("{}: published to {topic} ({receivers} receivers)", client.conn.peer());
-                    let action = client.conn.published(receivers, now);
+                    let action = client.conn.published(receivers, message, now);
                     self.apply(id, action, now);
                 }
             }
@@ -495,6 +542,12 @@ impl<T: Transport> Hub<T> {
             self.admission.left();
             if client.flags.compresses() {
                 self.stats.compression_clients -= 1;
+            }
+            if client.flags.has(Flags::SSE) {
+                self.stats.sse_clients -= 1;
+            }
+            if client.flags.replace(Flags::REPLAYING, false) {
+                self.replays.remove(&id);
             }
             let bridge = &mut self.bridge;
             self.subscriptions.unsubscribe(id, |topic| {

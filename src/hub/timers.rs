@@ -70,7 +70,7 @@ impl<T: Transport> Hub<T> {
     /// end of a shutdown, or a Redis link's timer; at once (0) while clients
     /// wait for their next read. `None`: nothing is scheduled.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        if !self.reads.now.is_empty() || !self.reads.next.is_empty() {
+        if !self.reads.now.is_empty() || !self.reads.next.is_empty() || !self.writes.dirty.is_empty() {
             return Some(0);
         }
         let connection = self.timers.heap.peek().map(|Reverse((due, _))| *due);
@@ -114,6 +114,7 @@ impl<T: Transport> Hub<T> {
             self.timers.housekeeping = now + HOUSEKEEPING;
             self.timers.snapshot_due = true;
             self.admission.sweep(&self.config, now);
+            self.history.expire(now);
             // One walk a second (about 0.1 ms at 20,000 connections), so
             // that a scrape costs nothing per connection.
             self.timers.queued_bytes = self.clients.iter().map(|(_, c)| c.conn.queued_bytes() as u64).sum();

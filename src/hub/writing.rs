@@ -135,9 +135,13 @@ impl<T: Transport> Hub<T> {
             return;
         }
         let watch = client.flags.has(Flags::BLOCKED) || client.conn.is_closing();
+        let replaying = client.flags.has(Flags::REPLAYING) && !client.flags.has(Flags::BLOCKED);
         self.sync(id);
         if watch {
             self.schedule(id);
+        }
+        if replaying {
+            self.refill(id, now);
         }
     }
 }
@@ -150,7 +154,7 @@ impl<T: Transport> Client<T> {
     fn wants_books_after_write(&self) -> bool {
         self.held != 0
             || self.transport.buffered_bytes() != 0
-            || self.flags.has(Flags::BLOCKED)
+            || self.flags.has(Flags::BLOCKED | Flags::REPLAYING)
             || self.conn.is_closing()
     }
 }
