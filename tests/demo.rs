@@ -237,3 +237,99 @@ fn the_demo_page_over_https_connects_with_wss() {
     page.wait_for("the message over wss", |p| p.text_of("#log").contains("\u{2190} over wss"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TCP proxy on 127.0.0.1 in front of the hub whose connections the test
+/// can cut, as a Wi-Fi roam or a cellular drop would.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    live: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let live: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>> = Default::default();
+        let conns = live.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(target) else { continue };
+                let mut list = conns.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                drop(list);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, live }
+    }
+
+    /// Cuts every connection through the proxy.
+    fn cut(&self) {
+        for stream in self.live.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn an_event_source_resumes_across_two_drops_with_every_message_once_in_order() {
+    if !chromium::available() {
+        return;
+    }
+    let hub = Hub::start(Config { demo: true, history: 1000, ..Config::default() });
+    let proxy = Proxy::start(hub.addr);
+    let browser = Browser::open(&format!("http://{}/?topics=feed&sse=1&connect=1", proxy.addr), "sse", true);
+    let mut page = Page::attach(browser.devtools_port.unwrap());
+    page.wait_for("the stream to open", |p| {
+        p.eval("document.readyState === 'complete' && document.querySelector('#state') !== null") == true
+            && p.text_of("#state") == "open (SSE)"
+    });
+    let received = |p: &mut Page| p.eval("window.received.length").as_u64().unwrap_or(0);
+    let mut sent = Vec::new();
+    let mut publish = |n: usize| {
+        for _ in 0..n {
+            let message = format!("reading {}", sent.len());
+            hub.publisher.publish("feed", message.as_str()).unwrap();
+            sent.push(message);
+        }
+    };
+    publish(5);
+    page.wait_for("the first messages", |p| received(p) == 5);
+    for _ in 0..2 {
+        // The link drops; messages published meanwhile are kept by the hub.
+        proxy.cut();
+        page.wait_for("the page to see the drop", |p| p.text_of("#state") == "reconnecting");
+        publish(5);
+        // EventSource reconnects by itself with Last-Event-ID.
+        page.wait_for("the stream to reopen", |p| p.text_of("#state") == "open (SSE)");
+        publish(2);
+    }
+    let total = sent.len() as u64;
+    page.wait_for("every message", |p| received(p) >= total);
+    let got: Vec<String> = page
+        .eval("window.received.map((e) => e.data)")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, sent, "every message exactly once, in order");
+    let ids = page.eval("window.received.map((e) => e.id)");
+    let seqs: Vec<u64> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().split('-').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert!(!page.text_of("#log").contains("gap"), "a complete resume needs no gap notice");
+    wait_until("two complete resumes", || hub.publisher.stats().resumes_complete >= 2);
+}
