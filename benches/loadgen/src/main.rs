@@ -11,6 +11,7 @@
 //!           [--size BYTES] [--mode closed|rate|idle|sink] [--window W] [--rate MSGS_PER_S]
 //!           [--warmup SECS] [--duration SECS] [--sources K] [--path /ws?token=...]
 //!           [--tls-ca PEM] [--publish-addr ADDR] [--payload binary|json] [--deflate]
+//!           [--sse] [--last-event-id ID --expect K]
 //!
 //! `--tls-ca`: connect over TLS (rustls, ring), trusting that certificate,
 //! as server name `localhost`. `--publish-addr`: client 0 (the publisher)
@@ -21,6 +22,11 @@
 //! and inflates every compressed delivery (no context takeover, one
 //! inflater reset per message, like the hub), so content is checked and
 //! the cost is real; `wire_bytes_per_delivery` is what crossed the socket.
+//! `--sse`: every client but the publisher reads `/sse` (Server-Sent Events,
+//! `--payload json`) instead of `/ws`. `--mode resume` with `--sse`: all N
+//! clients connect at once with `Last-Event-ID` and each must get `--expect`
+//! events; reports the time until the last has them all, the server's CPU
+//! and its peak RSS (a resume storm).
 //!
 //! closed: at most W messages in flight (a message is done when all N clients
 //! have it). rate: a fixed number of messages per second. idle: connect, wait,
@@ -62,6 +68,12 @@ struct Options {
     json: bool,
     /// Negotiate permessage-deflate and inflate what arrives compressed.
     deflate: bool,
+    /// Receive through `/sse` instead of `/ws` (all but the publisher).
+    sse: bool,
+    /// `Last-Event-ID` of every SSE client (`--mode resume`).
+    last_event_id: Option<String>,
+    /// Events each client must get (`--mode resume`).
+    expect: u64,
 }
 
 fn parse_options() -> Options {
@@ -81,11 +93,18 @@ fn parse_options() -> Options {
         publish_addr: None,
         json: false,
         deflate: false,
+        sse: false,
+        last_event_id: None,
+        expect: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         if arg == "--deflate" {
             o.deflate = true;
+            continue;
+        }
+        if arg == "--sse" {
+            o.sse = true;
             continue;
         }
         let value = args.next().unwrap_or_else(|| fail(&format!("{arg} needs a value")));
@@ -103,6 +122,8 @@ fn parse_options() -> Options {
             "--path" => o.path = value,
             "--tls-ca" => o.tls_ca = Some(value),
             "--publish-addr" => o.publish_addr = Some(parsed(&arg, &value)),
+            "--last-event-id" => o.last_event_id = Some(value),
+            "--expect" => o.expect = parsed(&arg, &value),
             "--payload" => match value.as_str() {
                 "json" => o.json = true,
                 "binary" => o.json = false,
@@ -113,6 +134,9 @@ fn parse_options() -> Options {
     }
     if o.size < 16 {
         fail("--size must be at least 16 (sequence number and timestamp)");
+    }
+    if o.sse && !o.json {
+        fail("--sse needs --payload json (events carry text)");
     }
     if o.json && o.size < JSON_HEAD + 2 {
         fail("--payload json needs --size of at least 55");
@@ -229,6 +253,10 @@ struct Conn {
     /// Bytes to send that the socket did not take yet (publisher only).
     out: Vec<u8>,
     next_seq: u64,
+    /// Reads `/sse` (events) instead of `/ws` (frames).
+    sse: bool,
+    /// Data events received (`--mode resume`).
+    events: u64,
 }
 
 #[derive(Default)]
@@ -394,6 +422,37 @@ fn message_frame(seq: u64, sent_ns: u64, size: usize, json: bool, out: &mut Vec<
     }
 }
 
+/// A Server-Sent Events request for `path`'s topics (`/ws?...` becomes
+/// `/sse?...`).
+fn sse_request(addr: SocketAddr, path: &str, last_event_id: Option<&str>) -> Vec<u8> {
+    let target = path.replacen("/ws", "/sse", 1);
+    let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
+    format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{resume}\r\n").into_bytes()
+}
+
+/// Parses complete events from `buf`; calls `on_data` with each event's
+/// data (one line: the JSON payloads have none). Returns the bytes used.
+fn parse_events(buf: &[u8], mut on_data: impl FnMut(&[u8])) -> usize {
+    let mut pos = 0;
+    while let Some(end) = buf[pos..].windows(2).position(|w| w == b"\n\n") {
+        let block = &buf[pos..pos + end + 1];
+        for line in block.split(|&b| b == b'\n') {
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                on_data(data);
+            }
+        }
+        pos += end + 2;
+    }
+    // Comments (keepalives) end with one newline: skip whole ones.
+    while buf.get(pos) == Some(&b':') {
+        match buf[pos..].iter().position(|&b| b == b'\n') {
+            Some(end) => pos += end + 1,
+            None => break,
+        }
+    }
+    pos
+}
+
 /// Parses complete server frames from `buf`; calls `on_message` with each
 /// data payload and whether it is compressed (RSV1). Returns the bytes used.
 fn parse_frames(buf: &[u8], mut on_message: impl FnMut(&[u8], bool)) -> usize {
@@ -428,6 +487,13 @@ fn main() {
     let mut conns: Vec<Conn> = Vec::with_capacity(o.clients);
     let rss_before = rss_kib(o.pid);
     let request = upgrade_request(o.addr, &o.path, o.deflate);
+    let events_request = sse_request(o.addr, &o.path, o.last_event_id.as_deref());
+    let resume_mode = o.mode == "resume";
+    if resume_mode && !o.sse {
+        fail("--mode resume needs --sse");
+    }
+    let storm_cpu = cpu_seconds(&pid);
+    let storm_start = Instant::now();
     let tls = o.tls_ca.as_deref().map(tls_config);
     let clock = Instant::now();
     let now_ns = || clock.elapsed().as_nanos() as u64;
@@ -451,14 +517,24 @@ fn main() {
                     Io::Tls(tcp, Box::new(conn))
                 }
             };
-            conns.push(Conn { stream, state: State::Connecting, pending: Vec::new(), out: Vec::new(), next_seq: 0 });
+            let sse = o.sse && (i > 0 || resume_mode);
+            conns.push(Conn {
+                stream,
+                state: State::Connecting,
+                pending: Vec::new(),
+                out: Vec::new(),
+                next_seq: 0,
+                sse,
+                events: 0,
+            });
         }
         poll.poll(&mut events, Some(Duration::from_millis(100))).expect("poll");
         for event in events.iter() {
             let c = &mut conns[event.token().0];
             if c.state == State::Connecting && event.is_writable() {
                 // Over TLS the request waits in rustls until the handshake is done.
-                if let Err(e) = c.stream.write_all(&request) {
+                let request = if c.sse { &events_request } else { &request };
+                if let Err(e) = c.stream.write_all(request) {
                     fail(&format!("sending upgrade: {e}"));
                 }
                 c.state = State::AwaitingUpgrade;
@@ -478,7 +554,8 @@ fn main() {
                     }
                 }
                 if let Some(end) = c.pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                    if !c.pending.starts_with(b"HTTP/1.1 101") {
+                    let expected: &[u8] = if c.sse { b"HTTP/1.1 200" } else { b"HTTP/1.1 101" };
+                    if !c.pending.starts_with(expected) {
                         fail(&format!("upgrade refused: {}", String::from_utf8_lossy(&c.pending[..end])));
                     }
                     if o.deflate && !String::from_utf8_lossy(&c.pending[..end]).contains("permessage-deflate") {
@@ -493,6 +570,11 @@ fn main() {
         if Instant::now() > connect_deadline {
             fail(&format!("only {opened} of {} clients connected in time", o.clients));
         }
+    }
+
+    if resume_mode {
+        resume_storm(&o, &mut poll, &mut events, &mut conns, storm_start, storm_cpu);
+        return;
     }
 
     if o.mode == "sink" {
@@ -621,7 +703,7 @@ fn main() {
                 let mut messages = 0u64;
                 let mut bytes = 0u64;
                 let expected = &mut c.next_seq;
-                let used = parse_frames(data, |payload, compressed| {
+                let mut on_message = |payload: &[u8], compressed: bool| {
                     let payload = if compressed {
                         inflate(&mut inflater, payload, &mut inflated);
                         &inflated[..]
@@ -653,7 +735,12 @@ fn main() {
                             in_flight -= 1;
                         }
                     }
-                });
+                };
+                let used = if c.sse {
+                    parse_events(data, |payload| on_message(payload, false))
+                } else {
+                    parse_frames(data, &mut on_message)
+                };
                 if recording {
                     tally.deliveries += messages;
                     tally.bytes += bytes;
@@ -711,5 +798,82 @@ fn main() {
         self_cpu,
         wall,
         saturated
+    );
+}
+
+/// `--mode resume`: every client connected with `Last-Event-ID`; waits until
+/// each has `--expect` events, then reports.
+fn resume_storm(
+    o: &Options,
+    poll: &mut Poll,
+    events: &mut Events,
+    conns: &mut [Conn],
+    start: Instant,
+    cpu_start: f64,
+) {
+    let pid = o.pid.to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut done = 0usize;
+    let mut out_of_order = 0u64;
+    // Events that arrived with the response head are already pending.
+    for c in conns.iter_mut() {
+        let mut last = 0u64;
+        let used = parse_events(&c.pending, |data| {
+            let (seq, _) = stamps(data, true);
+            out_of_order += u64::from(seq <= last && last != 0);
+            last = seq;
+            c.events += 1;
+        });
+        c.pending.drain(..used);
+        c.next_seq = last;
+        if c.events >= o.expect {
+            done += 1;
+        }
+    }
+    while done < conns.len() && Instant::now() < deadline {
+        poll.poll(events, Some(Duration::from_millis(50))).expect("poll");
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            if c.events >= o.expect {
+                continue;
+            }
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => c.pending.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => break,
+                }
+            }
+            let mut last = c.next_seq;
+            let mut count = 0;
+            let used = parse_events(&c.pending, |data| {
+                let (seq, _) = stamps(data, true);
+                out_of_order += u64::from(seq <= last && last != 0);
+                last = seq;
+                count += 1;
+            });
+            c.pending.drain(..used);
+            c.next_seq = last;
+            let before = c.events;
+            c.events += count;
+            if before < o.expect && c.events >= o.expect {
+                done += 1;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&pid) - cpu_start;
+    let peak = std::fs::read_to_string(format!("/proc/{}/status", o.pid))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    println!(
+        "{{\"mode\":\"resume\",\"clients\":{},\"complete\":{done},\"expect\":{},\"seconds\":{elapsed:.3},\"server_cpu_s\":{cpu:.3},\"peak_rss_kib\":{peak},\"out_of_order\":{out_of_order}}}",
+        conns.len(),
+        o.expect
     );
 }
