@@ -803,14 +803,7 @@ fn main() {
 
 /// `--mode resume`: every client connected with `Last-Event-ID`; waits until
 /// each has `--expect` events, then reports.
-fn resume_storm(
-    o: &Options,
-    poll: &mut Poll,
-    events: &mut Events,
-    conns: &mut [Conn],
-    start: Instant,
-    cpu_start: f64,
-) {
+fn resume_storm(o: &Options, poll: &mut Poll, events: &mut Events, conns: &mut [Conn], start: Instant, cpu_start: f64) {
     let pid = o.pid.to_string();
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut buf = vec![0u8; 64 * 1024];
