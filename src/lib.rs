@@ -77,7 +77,7 @@ pub mod testing {
     pub use crate::frame::{
         Event, FrameDecoder, MessageKind, SharedFrame, compressed_parts, encode_client, encode_message,
     };
-    pub use crate::history::{History, Limits as HistoryLimits, MessageId};
+    pub use crate::history::MessageId;
     pub use crate::http::{
         Request, head_complete as http_head_complete, parse_request, plausible_start as http_plausible_start,
     };
