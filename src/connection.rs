@@ -123,17 +123,20 @@ enum Phase {
     /// when none is: a sentinel, to keep an idle connection small).
     /// `expires_at`: when its token expires (`NEVER` without one).
     /// `may_publish`: its data frames go somewhere (else: close 1008).
+    /// `stream`: a Server-Sent Events client (`/sse`), which only receives:
+    /// it is an open client like a WebSocket one (one test in the fan-out),
+    /// but its input is ignored, `last_heard` is when it was last sent a
+    /// keepalive comment, it has no idle timeout, and it ends without a
+    /// close frame.
     Open {
         decoder: FrameDecoder,
         last_heard: Millis,
         ping_sent: bool,
         may_publish: bool,
+        stream: bool,
         message_since: Millis,
         expires_at: Millis,
     },
-    /// A Server-Sent Events stream (`/sse`): it only receives. A comment
-    /// keeps it alive when idle (`keepalive_at`); its token's expiry ends it.
-    Stream { keepalive_at: Millis, expires_at: Millis },
     /// Last bytes queued. While they are written, `--write-timeout` bounds
     /// each stall (a slow reader still gets its close frame); once our
     /// writing half is shut, the peer has `CLOSE_LINGER` to send its EOF.
@@ -245,7 +248,7 @@ impl Connection {
             Phase::Request { buf, .. } => buf.capacity(),
             Phase::PublishBody { body, .. } => body.capacity(),
             Phase::Open { decoder, .. } => decoder.buffered_bytes(),
-            Phase::Publishing | Phase::Stream { .. } | Phase::Closing { .. } => 0,
+            Phase::Publishing | Phase::Closing { .. } => 0,
         };
         input + self.rate.as_ref().map_or(0, |rate| rate.held.capacity())
     }
@@ -282,12 +285,14 @@ impl Connection {
                 since.saturating_add(millis(config.handshake_timeout))
             }
             Phase::Publishing => NEVER,
+            Phase::Open { last_heard, stream: true, expires_at, .. } => {
+                last_heard.saturating_add(millis(config.ping_interval)).min(*expires_at)
+            }
             Phase::Open { last_heard, ping_sent, message_since, expires_at, .. } => {
                 let silence = if *ping_sent { config.idle_timeout } else { config.ping_interval };
                 let message = message_since.saturating_add(millis(config.message_timeout));
                 last_heard.saturating_add(millis(silence)).min(message).min(*expires_at)
             }
-            Phase::Stream { keepalive_at, expires_at } => (*keepalive_at).min(*expires_at),
             Phase::Closing { linger_until } => linger_until.unwrap_or(NEVER),
         };
         stall.min(phase)
@@ -310,7 +315,7 @@ impl Connection {
 
     /// An open WebSocket client or event stream: it receives deliveries.
     pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Open { .. } | Phase::Stream { .. })
+        matches!(self.phase, Phase::Open { .. })
     }
 
     pub fn is_closing(&self) -> bool {
@@ -329,7 +334,9 @@ impl Connection {
             }
             // Bytes after the request of an HTTP exchange are not ours to
             // read, and an event stream's client has nothing more to say.
-            Phase::Publishing | Phase::Stream { .. } | Phase::Closing { .. } => (input.len(), Action::Nothing),
+            Phase::Publishing | Phase::Open { stream: true, .. } | Phase::Closing { .. } => {
+                (input.len(), Action::Nothing)
+            }
             Phase::Open { decoder, last_heard, ping_sent, may_publish, .. } => {
                 *last_heard = ctx.now;
                 *ping_sent = false;
@@ -462,6 +469,7 @@ impl Connection {
                         last_heard: ctx.now,
                         ping_sent: false,
                         may_publish: admitted.publish_mask != 0,
+                        stream: false,
                         message_since: NEVER,
                         expires_at: admitted.expires_in.map_or(NEVER, |ms| ctx.now.saturating_add(ms)),
                     };
@@ -490,8 +498,13 @@ impl Connection {
                 Err(rejection) => self.reject(rejection, ctx),
                 Ok(admitted) => {
                     self.push_unbounded(SharedFrame::from(http::event_stream_response()), ctx.now);
-                    self.phase = Phase::Stream {
-                        keepalive_at: ctx.now.saturating_add(millis(ctx.config.ping_interval)),
+                    self.phase = Phase::Open {
+                        decoder: FrameDecoder::default(),
+                        last_heard: ctx.now,
+                        ping_sent: false,
+                        may_publish: false,
+                        stream: true,
+                        message_since: NEVER,
                         expires_at: admitted.expires_in.map_or(NEVER, |ms| ctx.now.saturating_add(ms)),
                     };
                     Action::Subscribe(Joined {
@@ -678,7 +691,7 @@ impl Connection {
         if self.is_closing() {
             return Action::Nothing;
         }
-        if let Phase::Stream { .. } = self.phase {
+        if let Phase::Open { stream: true, .. } = self.phase {
             // An event stream just ends (a comment, then the half-close).
             self.send_last(crate::sse::keepalive(), ctx.now);
             Action::Closing(reason)
@@ -776,6 +789,17 @@ impl Connection {
                 }
             }
             Phase::Publishing => {}
+            Phase::Open { last_heard, stream: true, expires_at, .. } => {
+                if now >= *expires_at {
+                    return self.fail(TOKEN_EXPIRED, ctx);
+                }
+                if now >= last_heard.saturating_add(millis(config.ping_interval)) {
+                    *last_heard = now;
+                    if self.queue.is_empty() {
+                        return self.enqueue(crate::sse::keepalive(), ctx).err().unwrap_or(Action::Nothing);
+                    }
+                }
+            }
             Phase::Open { last_heard, ping_sent, message_since, expires_at, .. } => {
                 if now >= *expires_at {
                     return self.fail(TOKEN_EXPIRED, ctx);
@@ -792,17 +816,6 @@ impl Connection {
                     return self.enqueue(frame::encode_ping(b""), ctx).err().unwrap_or(Action::Nothing);
                 }
             }
-            Phase::Stream { keepalive_at, expires_at } => {
-                if now >= *expires_at {
-                    return self.fail(TOKEN_EXPIRED, ctx);
-                }
-                if now >= *keepalive_at {
-                    *keepalive_at = now.saturating_add(millis(config.ping_interval));
-                    if self.queue.is_empty() {
-                        return self.enqueue(crate::sse::keepalive(), ctx).err().unwrap_or(Action::Nothing);
-                    }
-                }
-            }
             Phase::Closing { linger_until } => {
                 if stalled || linger_until.is_some_and(|t| now >= t) {
                     return Action::Drop(Reason::LingerTimeout);
@@ -816,9 +829,7 @@ impl Connection {
     /// queue flushed and then close 1001; anything else is dropped.
     pub fn shut_down(&mut self, ctx: &Context) -> Action {
         match self.phase {
-            Phase::Open { .. } | Phase::Stream { .. } => {
-                self.close(CloseCode::Away, "server shutting down", Reason::ShuttingDown, ctx)
-            }
+            Phase::Open { .. } => self.close(CloseCode::Away, "server shutting down", Reason::ShuttingDown, ctx),
             Phase::Closing { .. } => Action::Nothing,
             _ => Action::Drop(Reason::ShuttingDown),
         }

@@ -180,29 +180,31 @@ struct Fanout<'a, T> {
 
 impl<T: Transport> Fanout<'_, T> {
     /// Queues `frame`, which came through `topic`, to one client.
+    #[inline]
     fn deliver(&mut self, id: ClientId, topic: &Topic, frame: &SharedFrame) {
         let Some(client) = self.clients.get_mut(id) else { return };
         if !client.conn.is_open() {
             return;
         }
         // One test for every receiver that is not a plain WebSocket client
-        // keeping up: compression, an event stream, a replay under way.
+        // keeping up (compression, an event stream, a replay under way);
+        // what they need is out of line, so this loop stays as tight as it
+        // was without them.
         let frame = if client.flags.special() {
-            if client.flags.has(Flags::REPLAYING) {
-                // Its replay reaches this message in the history.
-                return;
-            }
-            if client.flags.has(Flags::SSE) {
-                match event_for(&mut self.events, self.id, topic, frame) {
-                    Some(event) => event,
-                    None => {
-                        self.stats.sse_binary_skipped += 1;
-                        return;
-                    }
-                }
-            } else {
-                let (window, min_size) = (client.flags.deflate_window(), self.ctx.config.compression_min_size);
-                self.deflated.pick(frame, window, self.compressor, min_size, self.stats)
+            let config = self.ctx.config;
+            match special_frame(
+                client.flags,
+                &mut self.deflated,
+                &mut self.events,
+                self.compressor,
+                self.id,
+                topic,
+                frame,
+                config,
+                self.stats,
+            ) {
+                Some(frame) => frame,
+                None => return,
             }
         } else {
             frame
@@ -229,6 +231,36 @@ impl<T: Transport> Fanout<'_, T> {
     }
 }
 
+/// The frame a special receiver gets, or `None` for none: a replaying
+/// client gets the message through its replay, an SSE client the event
+/// for `topic` (none for binary), a compressing client the compressed frame
+/// if there is one it can take.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn special_frame<'f>(
+    flags: Flags,
+    deflated: &'f mut Deflated,
+    events: &'f mut Vec<(Topic, SharedFrame)>,
+    compressor: &mut Compressor,
+    id: MessageId,
+    topic: &Topic,
+    frame: &'f SharedFrame,
+    config: &crate::config::Config,
+    stats: &mut Stats,
+) -> Option<&'f SharedFrame> {
+    if flags.has(Flags::REPLAYING) {
+        return None;
+    }
+    if flags.has(Flags::SSE) {
+        let event = event_for(events, id, topic, frame);
+        if event.is_none() {
+            stats.sse_binary_skipped += 1;
+        }
+        return event;
+    }
+    Some(deflated.pick(frame, flags.deflate_window(), compressor, config.compression_min_size, stats))
+}
+
 /// A message's compressed frame, made for the first receiver that
 /// negotiated compression and shared by all of them.
 enum Deflated {
@@ -245,7 +277,7 @@ impl Deflated {
     /// compressed one if there is one and its window can take it (a
     /// message compressed on its own refers at most its own length back),
     /// else the plain one.
-    #[inline(never)]
+    #[inline]
     fn pick<'f>(
         &'f mut self,
         plain: &'f SharedFrame,

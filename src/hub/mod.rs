@@ -163,7 +163,7 @@ impl<T> Client<T> {
     /// with `--write-delay`, once its oldest unwritten frame has waited the
     /// delay (unless what it has cannot wait: see
     /// [`Connection::may_wait`]).
-    #[inline]
+    #[inline(always)]
     fn mark_dirty(&mut self, key: ClientId, writes: &mut Writes, now: Millis) {
         if writes.delay != 0 && !self.flags.has(Flags::DIRTY) && self.conn.wants_write() && self.conn.may_wait() {
             if !self.flags.replace(Flags::DELAYED, true) {
