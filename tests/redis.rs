@@ -595,3 +595,60 @@ fn a_subscriber_link_redis_closes_is_counted_by_cause_and_comes_back() {
     assert_eq!(text(&mut on_t), "after", "the big one never came; the next one does");
     assert_eq!(redis_stats(&hub).lost[1], [0, 0, 0], "the publisher link stayed");
 }
+
+/// Reads a Server-Sent Events stream's blocks until `count` data events;
+/// returns (id, data) of each.
+fn sse_events(stream: &mut TcpStream, count: usize) -> Vec<(String, String)> {
+    let mut buf = Vec::new();
+    let mut events = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while events.len() < count {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "stream closed");
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block = String::from_utf8(buf.drain(..end + 2).collect()).unwrap();
+            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::to_string);
+            if let (Some(id), Some(data)) = (field("id: "), field("data: ")) {
+                events.push((id, data));
+            } else if let (Some(kind), Some(data)) = (field("event: "), field("data: ")) {
+                events.push((kind, data));
+            }
+        }
+    }
+    events
+}
+
+fn sse(addr: SocketAddr, headers: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(stream, "GET /sse?topic=t HTTP/1.1\r\nHost: test\r\n{headers}\r\n").unwrap();
+    stream
+}
+
+#[test]
+fn messages_heard_from_redis_get_local_ids_and_resuming_on_another_hub_is_a_gap() {
+    if !redis::available() {
+        return;
+    }
+    let redis = Redis::start();
+    let config = |redis: &Redis| Config { redis: Some(redis.parsed_url()), history: 100, ..Config::default() };
+    let (a, b) = (Hub::start(config(&redis)), Hub::start(config(&redis)));
+    let mut on_a = sse(a.addr, "");
+    let mut on_b = sse(b.addr, "");
+    wait_until("both hubs on channel wshub:t", || redis.numsub("wshub:t") == 2);
+    b.publisher.publish("t", "from b").unwrap();
+    let (id_a, data) = sse_events(&mut on_a, 1).remove(0);
+    assert_eq!(data, "from b");
+    let (id_b, _) = sse_events(&mut on_b, 1).remove(0);
+    assert_ne!(id_a.split('-').next(), id_b.split('-').next(), "each hub its own epoch");
+    // Resuming on the hub it came from: complete (nothing after it).
+    a.publisher.publish("t", "then from a").unwrap();
+    let mut again = sse(a.addr, &format!("Last-Event-ID: {id_a}\r\n"));
+    assert_eq!(sse_events(&mut again, 1)[0].1, "then from a");
+    // On the other hub, the id means nothing there: a gap, then what it has.
+    let mut elsewhere = sse(b.addr, &format!("Last-Event-ID: {id_a}\r\n"));
+    let events = sse_events(&mut elsewhere, 3);
+    assert_eq!(events[0].0, "wshub/gap");
+    assert_eq!((events[1].1.as_str(), events[2].1.as_str()), ("from b", "then from a"));
+}
