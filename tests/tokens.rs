@@ -261,3 +261,22 @@ fn bad_key_files_stop_startup_with_a_reason() {
     let err = start(Config { jwt_public_key_files: vec![not_pem], ..Config::default() }).err().unwrap();
     assert!(err.to_string().contains("BEGIN PUBLIC KEY"), "{err}");
 }
+
+#[test]
+fn event_streams_need_a_token_and_its_subscribe_grant_like_websocket() {
+    let hub = hs256_hub(Config::default());
+    let sse_status = |target: &str, extra: &str| {
+        let mut stream = TcpStream::connect(hub.addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        write!(stream, "GET {target} HTTP/1.1\r\nHost: test\r\n{extra}\r\n").unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        status_of(&String::from_utf8_lossy(&head))
+    };
+    let t = hs256(r#"{"subscribe":["news"]}"#);
+    assert_eq!(sse_status("/sse?topic=news", ""), 401, "no token");
+    assert_eq!(sse_status("/sse?topic=news&token=not.a.token", ""), 401);
+    assert_eq!(sse_status(&format!("/sse?topic=news&token={t}"), ""), 200);
+    assert_eq!(sse_status("/sse?topic=news", &format!("Authorization: Bearer {t}\r\n")), 200);
+    assert_eq!(sse_status(&format!("/sse?topic=other&token={t}"), ""), 403, "outside the grant");
+}
