@@ -173,10 +173,11 @@ impl History {
     }
 
     /// Heap bytes of the history's own structures (the frames are counted
-    /// where they are made).
+    /// where they are made), in O(1): the budget asks after every event.
+    /// The rings' entries are counted as retained, not as allocated (a
+    /// ring's spare capacity is at most its own size).
     pub fn held_bytes(&self) -> usize {
-        let rings: usize = self.rings.iter().flatten().map(|r| r.entries.capacity() * size_of::<Entry>()).sum();
-        rings
+        self.entries * size_of::<Entry>()
             + self.rings.capacity() * size_of::<Option<Ring>>()
             + self.order.capacity() * size_of::<(u64, usize)>()
             + self.by_topic.capacity() * (size_of::<Topic>() + size_of::<usize>() + 8)
