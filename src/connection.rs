@@ -703,6 +703,13 @@ impl Connection {
         }
     }
 
+    /// Its queue holds half its bound or more (in messages or in bytes):
+    /// a burst is written at once from here, and a replay waits.
+    #[inline]
+    pub fn is_half_full(&self, config: &Config) -> bool {
+        self.queued_frames() * 2 >= config.queue_messages || self.queued_bytes() * 2 >= config.queue_bytes
+    }
+
     /// Has bytes to send and may still send them.
     pub fn wants_write(&self) -> bool {
         !self.write_shut && (!self.queue.is_empty() || self.pong.is_some())

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::frame::SharedFrame;
+use crate::frame::{self, MessageKind, SharedFrame};
 use crate::history::MessageId;
 use crate::topic::Topic;
 
@@ -37,6 +37,15 @@ pub fn event(id: MessageId, topic: &Topic, payload: &[u8]) -> SharedFrame {
                 rest = &rest[end + skip..];
             }
         }
+    }
+}
+
+/// The event for a data frame the hub made (`frame::encode_message`), or
+/// `None` for a binary message, which an event stream cannot carry.
+pub fn event_of(id: MessageId, topic: &Topic, frame: &[u8]) -> Option<SharedFrame> {
+    match frame::message_parts(frame)? {
+        (MessageKind::Text, payload) => Some(event(id, topic, payload)),
+        (MessageKind::Binary, _) => None,
     }
 }
 

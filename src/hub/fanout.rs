@@ -12,7 +12,7 @@ use super::writing::{Writes, write_client};
 use super::{Client, Flags, Hub};
 use crate::connection::{Action, Context, Reason};
 use crate::deflate::Compressor;
-use crate::frame::{self, MessageKind, SharedFrame};
+use crate::frame::{self, SharedFrame};
 use crate::history::{History, MessageId};
 use crate::redis::Bridge;
 #[cfg(feature = "redis")]
@@ -29,7 +29,7 @@ impl<T: Transport> Hub<T> {
     /// `Publisher`); returns how many, and the message's id.
     pub fn publish(&mut self, topic: &Topic, frame: SharedFrame, now: Millis) -> (usize, MessageId) {
         self.stats.published += 1;
-        let seq = self.accept(std::iter::once(topic), &frame, now);
+        let seq = accept(&mut self.seq, &mut self.history, std::iter::once(topic), &frame, now);
         let (subscriptions, mut fanout) = self.fanout(seq, now);
         let receivers = subscriptions.for_each_subscriber(topic, |id, topic| fanout.deliver(id, topic, &frame));
         if let Some(bridge) = &mut self.bridge {
@@ -41,26 +41,13 @@ impl<T: Transport> Hub<T> {
         (receivers, MessageId { epoch: self.epoch, seq })
     }
 
-    /// Gives an accepted message its id and keeps it in the history of
-    /// each of its topics.
-    fn accept<'t>(&mut self, topics: impl Iterator<Item = &'t Topic>, frame: &SharedFrame, now: Millis) -> u64 {
-        self.seq += 1;
-        if self.history.is_on() {
-            append_history(&mut self.history, topics, self.seq, frame, now);
-        }
-        self.seq
-    }
-
     /// Queues a client's message to every client on its topics.
     pub(super) fn broadcast_from(&mut self, sender: ClientId, frame: SharedFrame, now: Millis) {
         if let Some(bridge) = &mut self.bridge {
             share(bridge, self.subscriptions.publish_topics(sender), &frame, now);
         }
-        self.seq += 1;
-        let seq = self.seq;
-        if self.history.is_on() {
-            append_history(&mut self.history, self.subscriptions.publish_topics(sender), seq, &frame, now);
-        }
+        let topics = self.subscriptions.publish_topics(sender);
+        let seq = accept(&mut self.seq, &mut self.history, topics, &frame, now);
         let no_echo = self.config.no_echo;
         let (subscriptions, mut fanout) = self.fanout(seq, now);
         subscriptions.for_each_peer(sender, |id, topic| {
@@ -98,14 +85,10 @@ impl<T: Transport> Hub<T> {
     fn deliver_heard(&mut self, incoming: Incoming<'_>, now: Millis) -> usize {
         let frame = frame::encode_message(incoming.kind, incoming.payload);
         let topic = incoming.topic;
-        // Heard from another hub: a local id, and local history.
-        self.seq += 1;
-        let seq = self.seq;
-        if self.history.is_on()
-            && let Ok(topic) = Topic::new(topic)
-        {
-            self.history.append(&topic, seq, &frame, now);
-        }
+        // Heard from another hub: a local id, and local history (the
+        // channel's topic is named only when there is a history to keep).
+        let kept = if self.history.is_on() { Topic::new(topic).ok() } else { None };
+        let seq = accept(&mut self.seq, &mut self.history, kept.as_ref(), &frame, now);
         let (subscriptions, mut fanout) = self.fanout(seq, now);
         let mut deliver = |id, topic: &Topic| fanout.deliver(id, topic, &frame);
         match incoming.envelope {
@@ -146,17 +129,22 @@ fn share<'t>(bridge: &mut Bridge, topics: impl Iterator<Item = &'t Topic> + Clon
     }
 }
 
-/// Keeps a message in the history of each of its topics.
-fn append_history<'t>(
+/// Gives an accepted message the next id (`seq`) and keeps it in the
+/// history of each of its topics; returns the id's number.
+fn accept<'t>(
+    seq: &mut u64,
     history: &mut History,
-    topics: impl Iterator<Item = &'t Topic>,
-    seq: u64,
+    topics: impl IntoIterator<Item = &'t Topic>,
     frame: &SharedFrame,
     now: Millis,
-) {
-    for topic in topics {
-        history.append(topic, seq, frame, now);
+) -> u64 {
+    *seq += 1;
+    if history.is_on() {
+        for topic in topics {
+            history.append(topic, *seq, frame, now);
+        }
     }
+    *seq
 }
 
 /// What a broadcast needs of the hub while the subscriptions are walked.
@@ -217,12 +205,9 @@ impl<T: Transport> Fanout<'_, T> {
         // system call, but a burst must not overflow a client that is keeping
         // up: at half its bound, the queue is written right away (unless its
         // transport is known to be full).
-        let config = self.ctx.config;
         let conn = &client.conn;
-        let half_full =
-            conn.queued_frames() * 2 >= config.queue_messages || conn.queued_bytes() * 2 >= config.queue_bytes;
         if conn.is_open()
-            && half_full
+            && conn.is_half_full(self.ctx.config)
             && let Err(e) = write_client(client, self.cork, self.ctx.now, self.stats)
         {
             self.deferred.push((id, Action::Drop(Reason::failed(&e))));
@@ -323,10 +308,6 @@ fn event_for<'e>(
     if let Some(i) = events.iter().position(|(t, _)| t == topic) {
         return Some(&events[i].1);
     }
-    let (kind, payload) = frame::message_parts(frame)?;
-    if kind != MessageKind::Text {
-        return None;
-    }
-    events.push((topic.clone(), sse::event(id, topic, payload)));
+    events.push((topic.clone(), sse::event_of(id, topic, frame)?));
     events.last().map(|(_, event)| event)
 }

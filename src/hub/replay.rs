@@ -14,7 +14,7 @@
 
 use super::{Flags, Hub};
 use crate::connection::{Context, Reason};
-use crate::frame::{self, MessageKind, SharedFrame};
+use crate::frame::SharedFrame;
 use crate::history::MessageId;
 use crate::http::Resume;
 use crate::sse;
@@ -100,8 +100,7 @@ impl<T: Transport> Hub<T> {
         let ctx = Context { config, now, admission, inflater };
         let mut done = false;
         loop {
-            let conn = &client.conn;
-            if conn.queued_frames() * 2 >= config.queue_messages || conn.queued_bytes() * 2 >= config.queue_bytes {
+            if client.conn.is_half_full(config) {
                 break;
             }
             let lost = history.lost_upto(&replay.topics);
@@ -129,12 +128,12 @@ impl<T: Transport> Hub<T> {
             };
             replay.after = entry.seq;
             let frame = if replay.sse {
-                match frame::message_parts(&entry.frame) {
-                    Some((MessageKind::Text, payload)) => {
-                        let event_id = MessageId { epoch: current.epoch, seq: entry.seq };
-                        SharedFrame::clone(entry.sse.get_or_insert_with(|| sse::event(event_id, topic, payload)))
-                    }
-                    _ => {
+                if entry.sse.is_none() {
+                    entry.sse = sse::event_of(MessageId { epoch: current.epoch, seq: entry.seq }, topic, &entry.frame);
+                }
+                match &entry.sse {
+                    Some(event) => SharedFrame::clone(event),
+                    None => {
                         stats.sse_binary_skipped += 1;
                         continue;
                     }
