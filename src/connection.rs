@@ -43,11 +43,9 @@ const NO_CLIENT_PUBLISH: ProtocolError =
 const TOKEN_EXPIRED: ProtocolError = ProtocolError { code: CloseCode::Policy, reason: "token expired" };
 const MESSAGE_TIMEOUT: ProtocolError =
     ProtocolError { code: CloseCode::Policy, reason: "message not completed within --message-timeout" };
-/// A compressed message that does not inflate, inflates past the size
-/// limit, or inflates to text that is not UTF-8.
+/// A compressed message that does not inflate (one that inflates too big,
+/// or to text that is not UTF-8, fails as an uncompressed one would).
 const BAD_DEFLATE: ProtocolError = ProtocolError { code: CloseCode::Invalid, reason: "invalid compressed data" };
-const INFLATED_TOO_BIG: ProtocolError = ProtocolError { code: CloseCode::Size, reason: "message too big" };
-const INFLATED_NOT_UTF8: ProtocolError = ProtocolError { code: CloseCode::Invalid, reason: "invalid UTF-8 in text" };
 
 /// The page `--demo` serves at `GET /`: one self-contained file.
 const DEMO_PAGE: &str = include_str!("demo.html");
@@ -141,6 +139,22 @@ enum Phase {
     /// each stall (a slow reader still gets its close frame); once our
     /// writing half is shut, the peer has `CLOSE_LINGER` to send its EOF.
     Closing { linger_until: Option<Millis> },
+}
+
+impl Phase {
+    /// An admitted client, WebSocket or event stream (`stream`), as of
+    /// `now`; its token expires `expires_in` milliseconds later, if any.
+    fn open(decoder: FrameDecoder, may_publish: bool, stream: bool, expires_in: Option<u64>, now: Millis) -> Phase {
+        Phase::Open {
+            decoder,
+            last_heard: now,
+            ping_sent: false,
+            may_publish,
+            stream,
+            message_since: NEVER,
+            expires_at: expires_in.map_or(NEVER, |ms| now.saturating_add(ms)),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -365,8 +379,8 @@ impl Connection {
                                         count_message(&mut self.rate, len, ctx);
                                         Action::Broadcast(frame)
                                     }
-                                    Ok(None) => self.fail(INFLATED_NOT_UTF8, ctx),
-                                    Err(InflateError::TooBig) => self.fail(INFLATED_TOO_BIG, ctx),
+                                    Ok(None) => self.fail(ProtocolError::INVALID_UTF8, ctx),
+                                    Err(InflateError::TooBig) => self.fail(ProtocolError::TOO_BIG, ctx),
                                     Err(InflateError::Invalid) => self.fail(BAD_DEFLATE, ctx),
                                 }
                             }
@@ -464,15 +478,8 @@ impl Connection {
                         let peer = crate::logger::ShortText::of(self.peer);
                         log::debug!(peer = peer.as_str(), sub = sub.as_str(); "{}: token sub {sub}", self.peer);
                     }
-                    self.phase = Phase::Open {
-                        decoder: FrameDecoder::new(deflate.is_some()),
-                        last_heard: ctx.now,
-                        ping_sent: false,
-                        may_publish: admitted.publish_mask != 0,
-                        stream: false,
-                        message_since: NEVER,
-                        expires_at: admitted.expires_in.map_or(NEVER, |ms| ctx.now.saturating_add(ms)),
-                    };
+                    let decoder = FrameDecoder::new(deflate.is_some());
+                    self.phase = Phase::open(decoder, admitted.publish_mask != 0, false, admitted.expires_in, ctx.now);
                     if ctx.config.rate_limit_messages > 0 || ctx.config.rate_limit_bytes > 0 {
                         let (messages, bytes) = (ctx.config.rate_limit_messages, ctx.config.rate_limit_bytes);
                         // Off is "unlimited": a bucket that never runs dry.
@@ -498,15 +505,7 @@ impl Connection {
                 Err(rejection) => self.reject(rejection, ctx),
                 Ok(admitted) => {
                     self.push_unbounded(SharedFrame::from(http::event_stream_response()), ctx.now);
-                    self.phase = Phase::Open {
-                        decoder: FrameDecoder::default(),
-                        last_heard: ctx.now,
-                        ping_sent: false,
-                        may_publish: false,
-                        stream: true,
-                        message_since: NEVER,
-                        expires_at: admitted.expires_in.map_or(NEVER, |ms| ctx.now.saturating_add(ms)),
-                    };
+                    self.phase = Phase::open(FrameDecoder::default(), false, true, admitted.expires_in, ctx.now);
                     Action::Subscribe(Joined {
                         topics: upgrade.topics,
                         publish_mask: 0,

@@ -99,8 +99,9 @@ impl ProtocolError {
     const fn protocol(reason: &'static str) -> Self {
         ProtocolError { code: CloseCode::Protocol, reason }
     }
-    const INVALID_UTF8: Self = ProtocolError { code: CloseCode::Invalid, reason: "invalid UTF-8 in text" };
-    const TOO_BIG: Self = ProtocolError { code: CloseCode::Size, reason: "message too big" };
+    /// Also for a compressed message, once inflated (`connection`).
+    pub const INVALID_UTF8: Self = ProtocolError { code: CloseCode::Invalid, reason: "invalid UTF-8 in text" };
+    pub const TOO_BIG: Self = ProtocolError { code: CloseCode::Size, reason: "message too big" };
 }
 
 /// Kind of a complete data message.
