@@ -308,10 +308,8 @@ fn upgrade(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgra
             return Err(reject(400, "Sec-WebSocket-Key missing or not 16 bytes of base64"));
         }
     };
-    let topics = topics_from_query(query).map_err(|_| reject(400, "bad topic in query"))?;
+    let (topics, credentials) = subscriber(headers, query, host)?;
     let accept_key = tungstenite::handshake::derive_accept_key(key);
-    let mut credentials = headers.credentials(host)?;
-    credentials.query_token = query_param(query, "token")?.filter(|t| !t.is_empty()).map(str::to_string);
     let deflate = deflate::negotiate(headers.all("sec-websocket-extensions"));
     let resume = match last(query)? {
         Some(n) => Resume::Last(n),
@@ -320,13 +318,21 @@ fn upgrade(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgra
     Ok(Upgrade { accept_key, topics, credentials, deflate, resume })
 }
 
+/// What `/ws` and `/sse` both read: the topics (`?topic=`), and the
+/// credentials, a `?token=` among them (browsers cannot set headers on a
+/// WebSocket or an `EventSource`).
+fn subscriber(headers: &Headers, query: Option<&str>, host: String) -> Result<(Vec<Topic>, Credentials), Rejection> {
+    let topics = topics_from_query(query).map_err(|_| reject(400, "bad topic in query"))?;
+    let mut credentials = headers.credentials(host)?;
+    credentials.query_token = query_param(query, "token")?.filter(|t| !t.is_empty()).map(str::to_string);
+    Ok((topics, credentials))
+}
+
 /// `GET /sse`: topics and credentials as for `/ws`; `Last-Event-ID` (which
 /// wins: `EventSource` repeats the URL on every reconnect), `?since=` or
 /// `?last=`.
 fn event_stream(headers: &Headers, query: Option<&str>, host: String) -> Result<Upgrade, Rejection> {
-    let topics = topics_from_query(query).map_err(|_| reject(400, "bad topic in query"))?;
-    let mut credentials = headers.credentials(host)?;
-    credentials.query_token = query_param(query, "token")?.filter(|t| !t.is_empty()).map(str::to_string);
+    let (topics, credentials) = subscriber(headers, query, host)?;
     let since = match query_param(query, "since")? {
         Some(id) => Some(MessageId::parse(id).ok_or(reject(400, "bad ?since= (an id is <epoch>-<seq>)"))?),
         None => None,
