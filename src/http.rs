@@ -349,14 +349,12 @@ fn event_stream(headers: &Headers, query: Option<&str>, host: String) -> Result<
     Ok(Upgrade { accept_key: String::new(), topics, credentials, deflate: None, resume })
 }
 
-/// `?last=N`: a decimal count.
+/// `?last=N`: a decimal count (any count: above `--history` it is served
+/// as `--history`).
 fn last(query: Option<&str>) -> Result<Option<usize>, Rejection> {
     match query_param(query, "last")? {
         None => Ok(None),
-        Some(n) if !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()) => {
-            Ok(Some(n.parse().unwrap_or(0)))
-        }
-        Some(_) => Err(reject(400, "bad ?last= (a count)")),
+        Some(n) => decimal(n.as_bytes()).map(Some).ok_or(reject(400, "bad ?last= (a count)")),
     }
 }
 
@@ -375,8 +373,9 @@ fn is_valid_key(key: &[u8]) -> bool {
     matches!(last, b'A' | b'Q' | b'g' | b'w')
 }
 
-/// RFC 9110 §8.6: `Content-Length = 1*DIGIT`: no sign, no spaces inside.
-fn content_length(value: &[u8]) -> Option<usize> {
+/// `1*DIGIT` (RFC 9110 §8.6 for `Content-Length`; also `?last=`): no sign,
+/// no spaces inside, no more than a `usize` holds.
+fn decimal(value: &[u8]) -> Option<usize> {
     let digits = value.trim_ascii();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -390,7 +389,7 @@ fn publish(headers: &Headers, topic: &str, host: String) -> Result<PublishHead, 
     }
     let content_length = match headers.single("content-length")? {
         None => return Err(reject(411, "publish needs Content-Length")),
-        Some(v) => content_length(v).ok_or(reject(400, "bad Content-Length"))?,
+        Some(v) => decimal(v).ok_or(reject(400, "bad Content-Length"))?,
     };
     let credentials = headers.credentials(host)?;
     let octet_stream = headers.single("content-type")?.is_some_and(|v| {
@@ -635,10 +634,10 @@ mod tests {
 
     #[test]
     fn content_length_is_digits_only() {
-        assert_eq!(content_length(b"5"), Some(5));
-        assert_eq!(content_length(b" 0002 "), Some(2), "leading zeros are digits");
+        assert_eq!(decimal(b"5"), Some(5));
+        assert_eq!(decimal(b" 0002 "), Some(2), "leading zeros are digits");
         for bad in [&b"+2"[..], b"-2", b"", b" ", b"2 3", b"0x10", b"1e3", b"99999999999999999999999"] {
-            assert_eq!(content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+            assert_eq!(decimal(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
         let publish = |len: &str| {
             let req = format!("POST /publish/t HTTP/1.1\r\nHost: h\r\nContent-Length: {len}\r\n\r\n");

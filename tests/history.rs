@@ -267,6 +267,9 @@ fn last_n_replays_each_topics_last_messages_on_sse_and_websocket() {
     // Above --history it is served as --history.
     let mut ws = client(&hub, "/ws?topic=a&last=50");
     assert_eq!([text(&mut ws), text(&mut ws), text(&mut ws)], ["a3", "a4", "a5"]);
+    // However large the count.
+    let mut big = Sse::connect(hub.addr, "/sse?topic=a&last=12345678901", "");
+    assert_eq!(data(&big.until_resume_point().0), ["a3", "a4", "a5"]);
     publish(&hub, "a", "live");
     assert_eq!(text(&mut ws), "live");
 }
