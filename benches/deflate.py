@@ -25,14 +25,13 @@ reports medians of 3 (--quick: 1):
 The hub is pinned to core 0, the load generator to core 1. Loopback only;
 every process it starts is stopped by PID. About 3 minutes (--quick: 1).
 """
-import json
 import os
 import statistics
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, stop, uncapped_env, wait_listening  # noqa: E402
+from procs import medians, run_loadgen, start_pinned, stop  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
@@ -41,25 +40,15 @@ REPEAT = 1 if QUICK else 3
 DURATION = "2" if QUICK else "4"
 HUB = [os.path.join(REL, "wshub"), "--log-level", "warn", "--max-connections", "20000"]
 SIZE = "1024"
+LOADGEN = os.path.join(REL, "loadgen")
 
 
 def start():
-    port = free_port()
-    proc = subprocess.Popen(["taskset", "-c", "0"] + HUB + ["--listen", f"127.0.0.1:{port}"],
-                            stderr=subprocess.DEVNULL, env=uncapped_env())
-    wait_listening(proc, port, "wshub")
-    return proc, port
+    return start_pinned(HUB)
 
 
 def loadgen(port, pid, args):
-    out = subprocess.run(["taskset", "-c", "1", os.path.join(REL, "loadgen"), "--addr", f"127.0.0.1:{port}",
-                          "--pid", str(pid), "--payload", "json", "--size", SIZE] + args,
-                         capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        raise SystemExit(f"loadgen failed: {out.stderr}")
-    if out.stderr.strip():
-        print(f"  {out.stderr.strip()}", file=sys.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_loadgen(LOADGEN, port, pid, ["--payload", "json", "--size", SIZE] + args)
 
 
 def run(args):
@@ -84,14 +73,6 @@ def idle(deflate):
         stop(proc)
 
 
-def median_of(runs):
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    result = {k: statistics.median(r[k] for r in runs) for k in keys}
-    result["lost"] = sum(r.get("lost", 0) for r in runs)
-    result["saturated"] = any(r.get("loadgen_saturated") for r in runs)
-    return result
-
-
 def main():
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "wshub", "-p", "loadgen"], cwd=ROOT, check=True)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
@@ -113,7 +94,7 @@ def main():
             order = ["plain", "deflate"] if i % 2 == 0 else ["deflate", "plain"]
             for kind in order:
                 runs[kind].append(run(args + (["--deflate"] if kind == "deflate" else [])))
-        plain, deflate = median_of(runs["plain"]), median_of(runs["deflate"])
+        plain, deflate = medians(runs["plain"]), medians(runs["deflate"])
         for kind, r in (("plain", plain), ("deflate", deflate)):
             wire = r["wire_bytes_per_delivery"] / plain["wire_bytes_per_delivery"]
             speed = r["deliveries_per_cpu_s"] / plain["deliveries_per_cpu_s"]

@@ -34,7 +34,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import free_port, stop, uncapped_env, wait_listening  # noqa: E402
+from procs import medians, run_loadgen, start_pinned, stop  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
@@ -42,23 +42,15 @@ QUICK = "--quick" in sys.argv
 REPEAT = 1 if QUICK else 3
 DURATION = "2" if QUICK else "3"
 HUB = [os.path.join(REL, "wshub"), "--log-level", "warn", "--max-connections", "20000"]
+LOADGEN = os.path.join(REL, "loadgen")
 
 
 def start(extra=()):
-    port = free_port()
-    proc = subprocess.Popen(["taskset", "-c", "0"] + HUB + list(extra) + ["--listen", f"127.0.0.1:{port}"],
-                            stderr=subprocess.DEVNULL, env=uncapped_env())
-    wait_listening(proc, port, "wshub")
-    return proc, port
+    return start_pinned(HUB + list(extra))
 
 
 def loadgen(port, pid, args):
-    out = subprocess.run(["taskset", "-c", "1", os.path.join(REL, "loadgen"), "--addr", f"127.0.0.1:{port}",
-                          "--pid", str(pid), "--payload", "json"] + args,
-                         capture_output=True, text=True, timeout=300)
-    if out.returncode != 0:
-        raise SystemExit(f"loadgen failed: {out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_loadgen(LOADGEN, port, pid, ["--payload", "json"] + args)
 
 
 def run(hub_args, args):
@@ -76,12 +68,7 @@ def alternate(variants):
         names = list(variants) if i % 2 == 0 else list(reversed(variants))
         for name in names:
             runs[name].append(run(*variants[name]))
-    out = {}
-    for name, rs in runs.items():
-        keys = [k for k, v in rs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        out[name] = {k: statistics.median(r[k] for r in rs) for k in keys}
-        out[name]["lost"] = sum(r.get("lost", 0) for r in rs)
-        out[name]["saturated"] = any(r.get("loadgen_saturated") for r in rs)
+    out = {name: medians(rs) for name, rs in runs.items()}
     return out
 
 
