@@ -183,14 +183,26 @@ impl History {
             + self.by_topic.capacity() * (size_of::<Topic>() + size_of::<usize>() + 8)
     }
 
-    /// Keeps message `seq` for `topic`, then applies the bounds.
-    pub fn append(&mut self, topic: &Topic, seq: u64, frame: &SharedFrame, now: Millis) {
+    /// Keeps message `seq` for `topic` (a `Topic`, or a topic's name as a
+    /// message from another hub names it: no allocation unless the topic's
+    /// ring is new), then applies the bounds.
+    pub fn append<Q: std::borrow::Borrow<str> + ?Sized>(
+        &mut self,
+        topic: &Q,
+        seq: u64,
+        frame: &SharedFrame,
+        now: Millis,
+    ) {
         if !self.is_on() {
             return;
         }
-        let index = match self.by_topic.get(topic) {
+        let name: &str = topic.borrow();
+        let index = match self.by_topic.get(name) {
             Some(&index) => index,
-            None => self.new_ring(topic),
+            None => match Topic::new(name) {
+                Ok(topic) => self.new_ring(topic),
+                Err(_) => return,
+            },
         };
         let Some(ring) = self.rings[index].as_mut() else { return };
         ring.entries.push_back(Entry { seq, at: now, frame: SharedFrame::clone(frame), sse: None });
@@ -206,7 +218,7 @@ impl History {
         }
     }
 
-    fn new_ring(&mut self, topic: &Topic) -> usize {
+    fn new_ring(&mut self, topic: Topic) -> usize {
         // A new ring may follow one that was emptied and dropped: what was
         // forgotten then counts as evicted here.
         let ring = Ring { topic: topic.clone(), entries: VecDeque::new(), evicted_upto: self.forgotten_upto };
@@ -220,7 +232,7 @@ impl History {
                 self.rings.len() - 1
             }
         };
-        self.by_topic.insert(topic.clone(), index);
+        self.by_topic.insert(topic, index);
         index
     }
 

@@ -85,10 +85,8 @@ impl<T: Transport> Hub<T> {
     fn deliver_heard(&mut self, incoming: Incoming<'_>, now: Millis) -> usize {
         let frame = frame::encode_message(incoming.kind, incoming.payload);
         let topic = incoming.topic;
-        // Heard from another hub: a local id, and local history (the
-        // channel's topic is named only when there is a history to keep).
-        let kept = if self.history.is_on() { Topic::new(topic).ok() } else { None };
-        let seq = accept(&mut self.seq, &mut self.history, kept.as_ref(), &frame, now);
+        // Heard from another hub: a local id, and local history.
+        let seq = accept(&mut self.seq, &mut self.history, std::iter::once(topic), &frame, now);
         let (subscriptions, mut fanout) = self.fanout(seq, now);
         let mut deliver = |id, topic: &Topic| fanout.deliver(id, topic, &frame);
         match incoming.envelope {
@@ -131,10 +129,10 @@ fn share<'t>(bridge: &mut Bridge, topics: impl Iterator<Item = &'t Topic> + Clon
 
 /// Gives an accepted message the next id (`seq`) and keeps it in the
 /// history of each of its topics; returns the id's number.
-fn accept<'t>(
+fn accept<'t, Q: std::borrow::Borrow<str> + ?Sized + 't>(
     seq: &mut u64,
     history: &mut History,
-    topics: impl IntoIterator<Item = &'t Topic>,
+    topics: impl IntoIterator<Item = &'t Q>,
     frame: &SharedFrame,
     now: Millis,
 ) -> u64 {
